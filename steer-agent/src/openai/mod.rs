@@ -1,0 +1,8 @@
+//! The parts of the OpenAI API that routing needs: the request body (model,
+//! stream, user, prompt text) and the response's token `usage`.
+
+mod request;
+mod usage;
+
+pub use request::{Endpoint, ParseError, ParsedRequest, PromptPieces};
+pub use usage::{Usage, UsageScanner};

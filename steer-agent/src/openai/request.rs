@@ -1,0 +1,328 @@
+//! One borrowed parse of an OpenAI-style request body.
+//!
+//! The body is parsed exactly once with serde_json into borrowed types; the
+//! prompt text is not concatenated but exposed as pieces, so hashing it for
+//! prefix matching copies nothing.
+
+use std::borrow::Cow;
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The OpenAI endpoints Steer understands, from the request `:path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    /// Any other path with a JSON body carrying `model` is still routable.
+    Other,
+}
+
+impl Endpoint {
+    pub fn from_path(path: &str) -> Self {
+        let path = path.split('?').next().unwrap_or(path);
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Self::ChatCompletions,
+            "/v1/completions" => Self::Completions,
+            "/v1/embeddings" => Self::Embeddings,
+            "/v1/responses" => Self::Responses,
+            _ => Self::Other,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("request body has no `model` field")]
+    MissingModel,
+}
+
+/// Text that goes into prefix matching, in prompt order.
+#[derive(Debug, Default)]
+pub struct PromptPieces<'a> {
+    pieces: Vec<Cow<'a, str>>,
+}
+
+impl<'a> PromptPieces<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().map(|p| p.as_ref())
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.pieces.iter().map(|p| p.len()).sum()
+    }
+
+    fn push(&mut self, s: Cow<'a, str>) {
+        if !s.is_empty() {
+            self.pieces.push(s);
+        }
+    }
+
+    fn extend(&mut self, pieces: Option<TextPieces<'a>>) {
+        for piece in pieces.into_iter().flat_map(|p| p.0) {
+            self.push(piece);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ParsedRequest<'a> {
+    pub model: Cow<'a, str>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<Cow<'a, str>>,
+    pub prompt: PromptPieces<'a>,
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow, default)]
+    instructions: Option<TextPieces<'a>>,
+    #[serde(borrow, default)]
+    prompt: Option<TextPieces<'a>>,
+    #[serde(borrow, default)]
+    input: Option<TextPieces<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<TextPieces<'a>>,
+}
+
+impl<'a> ParsedRequest<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, ParseError> {
+        let body: Body<'a> =
+            serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+        let model = body
+            .model
+            .filter(|m| !m.trim().is_empty())
+            .ok_or(ParseError::MissingModel)?;
+        let mut prompt = PromptPieces::default();
+        prompt.extend(body.instructions);
+        for message in body.messages.into_iter().flatten() {
+            if let Some(role) = message.role {
+                prompt.push(role);
+                prompt.push(Cow::Borrowed("\n"));
+            }
+            prompt.extend(message.content);
+            prompt.push(Cow::Borrowed("\n"));
+        }
+        prompt.extend(body.prompt);
+        prompt.extend(body.input);
+        Ok(Self {
+            model,
+            stream: body.stream.unwrap_or(false),
+            include_usage: body
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+            user: body.user,
+            prompt,
+        })
+    }
+}
+
+// === impl TextPieces ===
+
+/// Any OpenAI content shape (string, array of strings, content parts, nested
+/// `content` arrays of the responses API, token ids) read in the same single
+/// pass as the body, straight into borrowed text pieces.
+struct TextPieces<'a>(Vec<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for TextPieces<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PiecesVisitor(PhantomData))
+    }
+}
+
+struct PiecesVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for PiecesVisitor<'a> {
+    type Value = TextPieces<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("prompt content")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(TextPieces(vec![Cow::Borrowed(v)]))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(TextPieces(vec![Cow::Owned(v.to_owned())]))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(TextPieces(vec![Cow::Owned(v)]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(TextPieces(pieces)) = seq.next_element()? {
+            out.extend(pieces);
+        }
+        Ok(TextPieces(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+            if key == "text" || key == "content" {
+                let TextPieces(pieces) = map.next_value()?;
+                out.extend(pieces);
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(TextPieces(out))
+    }
+
+    // Token ids, numbers, booleans and nulls carry no text.
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(TextPieces(Vec::new()))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(TextPieces(Vec::new()))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(TextPieces(Vec::new()))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(TextPieces(Vec::new()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(TextPieces(Vec::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(req: &ParsedRequest<'_>) -> String {
+        req.prompt.iter().collect()
+    }
+
+    #[test]
+    fn chat_with_string_and_parts_content() {
+        let body = br#"{"model":"qwen","stream":true,"stream_options":{"include_usage":true},
+            "user":"u1","messages":[{"role":"system","content":"You are \"helpful\"."},
+            {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":" there"}]}]}"#;
+        let req = ParsedRequest::parse(body).unwrap();
+        assert_eq!(req.model, "qwen");
+        assert!(req.stream && req.include_usage);
+        assert_eq!(req.user.as_deref(), Some("u1"));
+        assert_eq!(text(&req), "system\nYou are \"helpful\".\nuser\nHi there\n");
+    }
+
+    #[test]
+    fn completions_prompt_string_and_array() {
+        let req = ParsedRequest::parse(br#"{"model":"m","prompt":"abc"}"#).unwrap();
+        assert_eq!(text(&req), "abc");
+        assert!(!req.stream);
+        let req = ParsedRequest::parse(br#"{"model":"m","prompt":["ab","cd"]}"#).unwrap();
+        assert_eq!(text(&req), "abcd");
+        let req = ParsedRequest::parse(br#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
+        assert_eq!(text(&req), "");
+    }
+
+    #[test]
+    fn embeddings_and_responses_input() {
+        let req = ParsedRequest::parse(br#"{"model":"e","input":["x","y"]}"#).unwrap();
+        assert_eq!(text(&req), "xy");
+        let body = br#"{"model":"r","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"hello"}]}]}"#;
+        let req = ParsedRequest::parse(body).unwrap();
+        assert_eq!(text(&req), "be briefhello");
+        let req =
+            ParsedRequest::parse(br#"{"model":"m","prompt":null,"input":[true,1.5]}"#).unwrap();
+        assert_eq!(text(&req), "");
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert!(matches!(
+            ParsedRequest::parse(b"{not json"),
+            Err(ParseError::InvalidJson(_))
+        ));
+        assert_eq!(
+            ParsedRequest::parse(br#"{"messages":[]}"#).unwrap_err(),
+            ParseError::MissingModel
+        );
+        assert_eq!(
+            ParsedRequest::parse(br#"{"model":"  "}"#).unwrap_err(),
+            ParseError::MissingModel
+        );
+        assert!(ParsedRequest::parse(br#"[1,2]"#).is_err());
+        assert!(ParsedRequest::parse(br#"{"model":7}"#).is_err());
+    }
+
+    #[test]
+    fn hostile_nesting_does_not_recurse_forever() {
+        let mut body = String::from(r#"{"model":"m","input":"#);
+        for _ in 0..40 {
+            body.push_str(r#"[{"content":"#);
+        }
+        body.push_str("\"x\"");
+        for _ in 0..40 {
+            body.push_str("}]");
+        }
+        body.push('}');
+        // serde_json's recursion limit (128) bounds the depth: no stack overflow.
+        let req = ParsedRequest::parse(body.as_bytes()).unwrap();
+        assert_eq!(text(&req), "x");
+        let too_deep = format!(
+            r#"{{"model":"m","input":{}"x"{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(matches!(
+            ParsedRequest::parse(too_deep.as_bytes()),
+            Err(ParseError::InvalidJson(_))
+        ));
+    }
+
+    #[test]
+    fn endpoint_from_path() {
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions?x=1"),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1/completions"),
+            Endpoint::Completions
+        );
+        assert_eq!(Endpoint::from_path("/v1/embeddings/"), Endpoint::Embeddings);
+        assert_eq!(Endpoint::from_path("/v1/responses"), Endpoint::Responses);
+        assert_eq!(Endpoint::from_path("/foo"), Endpoint::Other);
+    }
+}

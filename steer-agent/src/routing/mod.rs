@@ -1,0 +1,142 @@
+//! Routing strategies: pure functions over a view of the ready pods.
+//!
+//! The router reads each pod's live counters once into a [`PodView`]; the
+//! strategies below only look at those plain values (plus a random tie-break
+//! and, for prefix-cache, the match depths from the [`PrefixIndex`]), so each
+//! one is unit-testable without I/O.
+
+mod balance;
+mod prefix;
+mod prefix_index;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+pub use balance::{least_kv_cache, least_request, random, round_robin, session_affinity};
+pub use prefix::{BlockHasher, PrefixParams, prefix_cache};
+pub use prefix_index::PrefixIndex;
+
+/// What a strategy sees of one ready pod at decision time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodView {
+    /// Process-local id, stable while the pod stays in any pool.
+    pub id: u32,
+    pub addr: SocketAddr,
+    /// Hash of the address text: identical on every agent replica, so
+    /// hash-based choices agree across a DaemonSet.
+    pub addr_hash: u64,
+    /// Requests this agent has sent to the pod and not yet seen finish.
+    pub in_flight: u32,
+    /// The engine's own queue (`num_requests_waiting`), from the last scrape.
+    pub waiting: u32,
+    /// KV-cache usage 0..1 from the last scrape.
+    pub kv_usage: f32,
+}
+
+impl PodView {
+    pub fn load(&self) -> u32 {
+        self.in_flight.saturating_add(self.waiting)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    Random,
+    RoundRobin,
+    LeastRequest,
+    LeastKvCache,
+    PrefixCache,
+    SessionAffinity,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown routing strategy `{0}` (known: {known})", known = Strategy::NAMES.join(", "))]
+pub struct UnknownStrategy(pub String);
+
+impl Strategy {
+    pub const ALL: [Strategy; 6] = [
+        Self::Random,
+        Self::RoundRobin,
+        Self::LeastRequest,
+        Self::LeastKvCache,
+        Self::PrefixCache,
+        Self::SessionAffinity,
+    ];
+    pub const NAMES: [&'static str; 6] = [
+        "random",
+        "round-robin",
+        "least-request",
+        "least-kv-cache",
+        "prefix-cache",
+        "session-affinity",
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// Dense index, for per-strategy counters in arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = UnknownStrategy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim();
+        // AIBrix spellings are accepted as aliases.
+        let canonical = match name {
+            "least-gpu-cache" => "least-kv-cache",
+            "session" | "session-affinity" => "session-affinity",
+            other => other,
+        };
+        Self::NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(canonical))
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| UnknownStrategy(name.to_owned()))
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::PodView;
+
+    pub fn pod(id: u32, in_flight: u32, waiting: u32, kv_usage: f32) -> PodView {
+        let addr = format!("10.0.0.{id}:8000");
+        PodView {
+            id,
+            addr: addr.parse().unwrap(),
+            addr_hash: xxhash_rust::xxh3::xxh3_64(addr.as_bytes()),
+            in_flight,
+            waiting,
+            kv_usage,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_aliases() {
+        for s in Strategy::ALL {
+            assert_eq!(s.name().parse::<Strategy>(), Ok(s));
+        }
+        assert_eq!("least-gpu-cache".parse(), Ok(Strategy::LeastKvCache));
+        assert_eq!(" Prefix-Cache ".parse(), Ok(Strategy::PrefixCache));
+        let err = "fastest".parse::<Strategy>().unwrap_err();
+        assert!(err.to_string().contains("`fastest`"));
+        assert!(err.to_string().contains("least-request"));
+    }
+}
