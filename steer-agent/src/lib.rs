@@ -1,5 +1,12 @@
 //! Steer agent: picks the pod for each OpenAI-style request Envoy sends
-//! through the ext_proc filter.
+//! through the ext_proc filter, and tells Envoy where to send it.
 
+pub mod cli;
+pub mod config;
+pub mod extproc;
 pub mod openai;
+pub mod pool;
+pub mod router;
 pub mod routing;
+pub mod run;
+pub mod telemetry;

@@ -102,10 +102,11 @@ impl UsageScanner {
     /// Called at end of stream; returns what was found.
     pub fn finish(&mut self) -> Option<Usage> {
         if let Mode::Json { body, overflow } = &mut self.mode {
-            if !*overflow && !body.is_empty() {
-                if let Ok(parsed) = serde_json::from_slice::<WithUsage>(body) {
-                    self.usage = parsed.usage;
-                }
+            if !*overflow
+                && !body.is_empty()
+                && let Ok(parsed) = serde_json::from_slice::<WithUsage>(body)
+            {
+                self.usage = parsed.usage;
             }
             body.clear();
         }

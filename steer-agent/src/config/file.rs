@@ -1,0 +1,254 @@
+//! The on-disk config format. Unknown fields are errors: a typo must not
+//! silently fall back to a default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, ModelSettings, PrefixSettings, ScrapeSettings, Settings, parse_endpoint};
+use crate::routing::{PrefixParams, Strategy};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub default_strategy: Option<String>,
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelEntry>,
+    #[serde(default)]
+    pub scrape: ScrapeEntry,
+    #[serde(default)]
+    pub prefix_cache: PrefixEntry,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub strategy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeEntry {
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub unhealthy_after: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixEntry {
+    pub block_bytes: Option<usize>,
+    pub max_blocks_per_request: Option<usize>,
+    pub index_capacity_blocks: Option<usize>,
+    pub imbalance_abs: Option<u32>,
+    pub imbalance_rel: Option<f32>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let parse_err = |field: String, message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        match ext {
+            "yaml" | "yml" => {
+                let de = serde_yaml::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| parse_err(e.path().to_string(), e.into_inner().to_string()))
+            }
+            "toml" => {
+                let de = toml::Deserializer::new(text);
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    parse_err(e.path().to_string(), e.into_inner().message().to_owned())
+                })
+            }
+            "json" => {
+                let mut de = serde_json::Deserializer::from_str(text);
+                serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| parse_err(e.path().to_string(), e.into_inner().to_string()))
+            }
+            _ => Err(ConfigError::Format {
+                path: path.to_owned(),
+            }),
+        }
+    }
+
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+        let strategy = |field: String, name: &str| {
+            name.parse::<Strategy>()
+                .map_err(|e| invalid(field, e.to_string()))
+        };
+        let default_strategy = match &self.default_strategy {
+            Some(name) => strategy("default_strategy".into(), name)?,
+            None => Strategy::LeastRequest,
+        };
+        let mut models = BTreeMap::new();
+        for (name, entry) in self.models {
+            if name.trim().is_empty() {
+                return Err(invalid("models".into(), "model name is empty".into()));
+            }
+            let endpoints = entry
+                .endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    parse_endpoint(e.trim())
+                        .map_err(|m| invalid(format!("models.{name}.endpoints[{i}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let strategy = entry
+                .strategy
+                .as_deref()
+                .map(|s| strategy(format!("models.{name}.strategy"), s))
+                .transpose()?;
+            models.insert(
+                name,
+                ModelSettings {
+                    endpoints,
+                    strategy,
+                },
+            );
+        }
+        let positive = |field: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(invalid(field.into(), "must be greater than 0".into())),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let scrape = ScrapeSettings {
+            interval: Duration::from_millis(positive(
+                "scrape.interval_ms",
+                self.scrape.interval_ms,
+                100,
+            )?),
+            timeout: Duration::from_millis(positive(
+                "scrape.timeout_ms",
+                self.scrape.timeout_ms,
+                500,
+            )?),
+            unhealthy_after: positive(
+                "scrape.unhealthy_after",
+                self.scrape.unhealthy_after.map(u64::from),
+                3,
+            )? as u32,
+        };
+        let p = &self.prefix_cache;
+        let defaults = PrefixParams::default();
+        let imbalance_rel = p.imbalance_rel.unwrap_or(defaults.imbalance_rel);
+        if !(imbalance_rel >= 1.0 && imbalance_rel.is_finite()) {
+            return Err(invalid(
+                "prefix_cache.imbalance_rel".into(),
+                "must be a number >= 1.0".into(),
+            ));
+        }
+        let prefix = PrefixSettings {
+            block_bytes: positive(
+                "prefix_cache.block_bytes",
+                p.block_bytes.map(|v| v as u64),
+                256,
+            )? as usize,
+            max_blocks_per_request: positive(
+                "prefix_cache.max_blocks_per_request",
+                p.max_blocks_per_request.map(|v| v as u64),
+                4096,
+            )? as usize,
+            index_capacity_blocks: positive(
+                "prefix_cache.index_capacity_blocks",
+                p.index_capacity_blocks.map(|v| v as u64),
+                1 << 20,
+            )? as usize,
+            params: PrefixParams {
+                imbalance_abs: p.imbalance_abs.unwrap_or(defaults.imbalance_abs),
+                imbalance_rel,
+            },
+        };
+        Ok(Settings {
+            default_strategy,
+            models,
+            max_body_bytes: positive(
+                "max_body_bytes",
+                self.max_body_bytes.map(|v| v as u64),
+                8 << 20,
+            )? as usize,
+            scrape,
+            prefix,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(path: &str, text: &str) -> Result<Settings, ConfigError> {
+        FileConfig::parse(Path::new(path), text)?.into_settings()
+    }
+
+    #[test]
+    fn yaml_toml_json_agree() {
+        let yaml = "default_strategy: prefix-cache\nmodels:\n  qwen:\n    endpoints: [\"127.0.0.1:8001\"]\n";
+        let toml = "default_strategy = \"prefix-cache\"\n[models.qwen]\nendpoints = [\"127.0.0.1:8001\"]\n";
+        let json = r#"{"default_strategy":"prefix-cache","models":{"qwen":{"endpoints":["127.0.0.1:8001"]}}}"#;
+        let a = settings("a.yaml", yaml).unwrap();
+        assert_eq!(a, settings("a.toml", toml).unwrap());
+        assert_eq!(a, settings("a.json", json).unwrap());
+        assert_eq!(a.default_strategy, Strategy::PrefixCache);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = settings(
+            "c.yaml",
+            "models:\n  qwen:\n    endpoints: [\"127.0.0.1:1\"]\n    stratgy: x\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("models.qwen") && err.contains("stratgy"),
+            "{err}"
+        );
+        let err = settings(
+            "c.yaml",
+            "models:\n  qwen:\n    endpoints: [\"127.0.0.1:1\", \"pod-a\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("models.qwen.endpoints[1]"), "{err}");
+        let err = settings("c.toml", "[scrape]\ninterval_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scrape.interval_ms"), "{err}");
+        let err = settings("c.yaml", "default_strategy: fastest\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("default_strategy") && err.contains("fastest"),
+            "{err}"
+        );
+        let err = settings("c.toml", "max_body_bytes = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_body_bytes"), "{err}");
+        assert!(matches!(
+            FileConfig::parse(Path::new("c.ini"), ""),
+            Err(ConfigError::Format { .. })
+        ));
+    }
+}

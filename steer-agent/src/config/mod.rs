@@ -1,0 +1,171 @@
+//! Configuration: a YAML/TOML/JSON file and `--pool` flags, resolved into
+//! validated [`Settings`]. Every error names the offending field.
+
+mod file;
+mod reload;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use file::FileConfig;
+pub use reload::watch_file;
+
+use crate::routing::{PrefixParams, Strategy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: field `{field}`: {message}")]
+    Parse {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("config file {path}: unsupported extension (use .yaml, .yml, .toml or .json)")]
+    Format { path: PathBuf },
+    #[error("invalid `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// Resolved, validated settings. Swapped whole on hot reload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub default_strategy: Strategy,
+    pub models: BTreeMap<String, ModelSettings>,
+    pub max_body_bytes: usize,
+    pub scrape: ScrapeSettings,
+    pub prefix: PrefixSettings,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSettings {
+    pub endpoints: Vec<SocketAddr>,
+    pub strategy: Option<Strategy>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScrapeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed scrapes before a pod is taken out of rotation.
+    pub unhealthy_after: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrefixSettings {
+    pub block_bytes: usize,
+    pub max_blocks_per_request: usize,
+    pub index_capacity_blocks: usize,
+    pub params: PrefixParams,
+}
+
+/// `--pool MODEL=HOST:PORT[,HOST:PORT...]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolFlag {
+    pub model: String,
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl std::str::FromStr for PoolFlag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (model, list) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected MODEL=HOST:PORT[,HOST:PORT...]"))?;
+        let model = model.trim();
+        if model.is_empty() {
+            return Err(format!("`{s}`: model name is empty"));
+        }
+        let endpoints = list
+            .split(',')
+            .map(|e| parse_endpoint(e.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("`{s}`: {e}"))?;
+        Ok(Self {
+            model: model.to_owned(),
+            endpoints,
+        })
+    }
+}
+
+/// Envoy's ORIGINAL_DST cluster needs a literal IP:port, so names are refused.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not an IP:PORT endpoint (e.g. 10.0.0.7:8000)"))
+}
+
+impl Settings {
+    /// File settings (if any) with `--pool` flags layered on top: a flag
+    /// replaces the file's endpoints for that model.
+    pub fn resolve(file: Option<FileConfig>, flags: &[PoolFlag]) -> Result<Self, ConfigError> {
+        let mut settings = file.unwrap_or_default().into_settings()?;
+        for flag in flags {
+            let strategy = settings.models.get(&flag.model).and_then(|m| m.strategy);
+            settings.models.insert(
+                flag.model.clone(),
+                ModelSettings {
+                    endpoints: flag.endpoints.clone(),
+                    strategy,
+                },
+            );
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_flag_parses_and_rejects() {
+        let flag: PoolFlag = "qwen=127.0.0.1:8001,127.0.0.1:8002".parse().unwrap();
+        assert_eq!(flag.model, "qwen");
+        assert_eq!(flag.endpoints.len(), 2);
+        assert!(
+            "qwen"
+                .parse::<PoolFlag>()
+                .unwrap_err()
+                .contains("MODEL=HOST:PORT")
+        );
+        assert!(
+            "=1.2.3.4:1"
+                .parse::<PoolFlag>()
+                .unwrap_err()
+                .contains("empty")
+        );
+        assert!(
+            "q=localhost:80"
+                .parse::<PoolFlag>()
+                .unwrap_err()
+                .contains("not an IP:PORT")
+        );
+    }
+
+    #[test]
+    fn flags_override_file_models_and_keep_their_strategy() {
+        let file: FileConfig = serde_yaml::from_str(
+            "models:\n  qwen:\n    endpoints: [\"10.0.0.1:80\"]\n    strategy: prefix-cache\n",
+        )
+        .unwrap();
+        let flags = [
+            "qwen=127.0.0.1:1".parse().unwrap(),
+            "llama=127.0.0.1:2".parse().unwrap(),
+        ];
+        let s = Settings::resolve(Some(file), &flags).unwrap();
+        assert_eq!(
+            s.models["qwen"].endpoints,
+            vec!["127.0.0.1:1".parse().unwrap()]
+        );
+        assert_eq!(s.models["qwen"].strategy, Some(Strategy::PrefixCache));
+        assert_eq!(s.models["llama"].strategy, None);
+        assert_eq!(s.default_strategy, Strategy::LeastRequest);
+    }
+}

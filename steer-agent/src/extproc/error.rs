@@ -1,0 +1,112 @@
+//! Request errors, answered to the client as an OpenAI-style error JSON via an
+//! ImmediateResponse, and counted by reason.
+
+use crate::openai::ParseError;
+use crate::routing::UnknownStrategy;
+use crate::telemetry::ErrorKind;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    UnknownStrategy(#[from] UnknownStrategy),
+    #[error("The model `{0}` does not exist.")]
+    UnknownModel(String),
+    #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge { size: usize, limit: usize },
+    #[error("no ready endpoint for model `{0}`")]
+    NoReadyEndpoint(String),
+    #[error(
+        "request has no body and no `model` header: Steer routes OpenAI requests by the `model` in their JSON body"
+    )]
+    NoBody,
+}
+
+impl RequestError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Parse(_) | Self::UnknownStrategy(_) | Self::NoBody => 400,
+            Self::UnknownModel(_) => 404,
+            Self::BodyTooLarge { .. } => 413,
+            Self::NoReadyEndpoint(_) => 503,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Parse(ParseError::InvalidJson(_)) => ErrorKind::InvalidJson,
+            Self::Parse(ParseError::MissingModel) => ErrorKind::MissingModel,
+            Self::UnknownStrategy(_) => ErrorKind::UnknownStrategy,
+            Self::UnknownModel(_) => ErrorKind::UnknownModel,
+            Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Self::NoReadyEndpoint(_) => ErrorKind::NoReadyEndpoint,
+            Self::NoBody => ErrorKind::NoBody,
+        }
+    }
+
+    /// AIBrix-style `x-error-<reason>` header name, for clients and dashboards
+    /// that key on it.
+    pub fn error_header(&self) -> &'static str {
+        match self.kind() {
+            ErrorKind::InvalidJson => "x-error-invalid-request-body",
+            ErrorKind::MissingModel | ErrorKind::NoBody => "x-error-no-model-in-request",
+            ErrorKind::UnknownStrategy => "x-error-invalid-routing-strategy",
+            ErrorKind::UnknownModel => "x-error-model-not-found",
+            ErrorKind::BodyTooLarge => "x-error-request-too-large",
+            _ => "x-error-no-model-backends",
+        }
+    }
+
+    /// `{"error":{"message","type","param","code"}}` as OpenAI returns it.
+    pub fn openai_json(&self) -> Vec<u8> {
+        let (kind, code) = match self.kind() {
+            ErrorKind::UnknownModel => ("invalid_request_error", "model_not_found"),
+            ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large"),
+            ErrorKind::UnknownStrategy => ("invalid_request_error", "invalid_routing_strategy"),
+            ErrorKind::NoReadyEndpoint => ("service_unavailable_error", "no_ready_endpoint"),
+            ErrorKind::InvalidJson => ("invalid_request_error", "invalid_json"),
+            _ => ("invalid_request_error", "missing_model"),
+        };
+        let body = serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": kind,
+                "param": null,
+                "code": code,
+            }
+        });
+        body.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_json_shape() {
+        let cases = [
+            (
+                RequestError::Parse(ParseError::InvalidJson("x".into())),
+                400,
+            ),
+            (RequestError::Parse(ParseError::MissingModel), 400),
+            (
+                RequestError::UnknownStrategy(UnknownStrategy("z".into())),
+                400,
+            ),
+            (RequestError::UnknownModel("m".into()), 404),
+            (RequestError::BodyTooLarge { size: 2, limit: 1 }, 413),
+            (RequestError::NoReadyEndpoint("m".into()), 503),
+            (RequestError::NoBody, 400),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status(), status);
+            let v: serde_json::Value = serde_json::from_slice(&err.openai_json()).unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().len() > 3);
+            assert!(v["error"]["type"].is_string() && v["error"]["code"].is_string());
+            assert!(err.error_header().starts_with("x-error-"));
+        }
+    }
+}

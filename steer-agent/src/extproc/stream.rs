@@ -1,0 +1,327 @@
+//! The per-request ext_proc state machine. Synchronous and I/O-free: it maps
+//! each message Envoy sends to the replies Envoy waits for.
+//!
+//! Body modes (see shared/notes/protocols.md):
+//! - BUFFERED: headers are answered at once; the one body message is answered
+//!   with the routing headers (Envoy applies header mutations from a body
+//!   reply only in this mode).
+//! - FULL_DUPLEX_STREAMED (Inference Extension style): nothing is answered
+//!   until the body ends; then the headers reply carries the routing headers
+//!   and the body goes back whole as a streamed body response.
+//! - STREAMED: routing needs the body before headers go upstream, so the
+//!   headers reply asks Envoy to switch to BUFFERED (`mode_override`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+
+use super::headers::{RequestMeta, content_type, set_headers};
+use super::reply::{self, Phase};
+use super::{RequestError, Shared};
+use crate::openai::{ParsedRequest, UsageScanner};
+use crate::router::{Decision, RouteRequest, next_random};
+use crate::telemetry::ErrorKind;
+
+#[derive(Debug)]
+pub struct StreamState {
+    shared: Arc<Shared>,
+    request_mode: BodySendMode,
+    response_mode: BodySendMode,
+    meta: RequestMeta,
+    request_id: String,
+    body: Vec<u8>,
+    body_done: bool,
+    decision: Option<Decision>,
+    usage: Option<UsageScanner>,
+    /// An ImmediateResponse ended the request; Envoy sends nothing more that
+    /// needs an answer.
+    ended: bool,
+}
+
+impl StreamState {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            request_mode: BodySendMode::Buffered,
+            response_mode: BodySendMode::Streamed,
+            meta: RequestMeta::default(),
+            request_id: String::new(),
+            body: Vec::new(),
+            body_done: false,
+            decision: None,
+            usage: None,
+            ended: false,
+        }
+    }
+
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    pub fn on_message(&mut self, message: ProcessingRequest, out: &mut Vec<ProcessingResponse>) {
+        if let Some(config) = message.protocol_config {
+            self.request_mode = mode(config.request_body_mode);
+            self.response_mode = mode(config.response_body_mode);
+        }
+        if self.ended {
+            return;
+        }
+        match message.request {
+            Some(Request::RequestHeaders(h)) => {
+                self.meta = RequestMeta::from_headers(h.headers.as_ref());
+                self.request_id = self.meta.request_id.clone().unwrap_or_else(new_request_id);
+                self.on_request_headers(h.end_of_stream, out);
+            }
+            Some(Request::RequestBody(b)) => self.on_request_body(b.body, b.end_of_stream, out),
+            Some(Request::RequestTrailers(_)) => {
+                // Trailers also end a full-duplex body.
+                if self.request_mode == BodySendMode::FullDuplexStreamed && !self.body_done {
+                    self.on_request_body(Vec::new(), true, out);
+                }
+                if !self.ended {
+                    out.push(reply::trailers_request());
+                }
+            }
+            Some(Request::ResponseHeaders(h)) => {
+                self.usage = Some(UsageScanner::new(
+                    content_type(h.headers.as_ref()).as_deref(),
+                ));
+                out.push(match &self.decision {
+                    Some(d) => reply::with_headers(
+                        Phase::ResponseHeaders,
+                        set_headers([
+                            ("target-pod", &*d.member.endpoint.addr_text),
+                            ("x-request-id", self.request_id.as_str()),
+                            ("x-steer-strategy", d.strategy.name()),
+                        ]),
+                    ),
+                    None => reply::proceed(Phase::ResponseHeaders),
+                });
+                if h.end_of_stream {
+                    self.finish_usage();
+                }
+            }
+            Some(Request::ResponseBody(b)) => {
+                if let Some(scanner) = &mut self.usage {
+                    scanner.feed(&b.body);
+                }
+                let eos = b.end_of_stream;
+                out.push(if self.response_mode == BodySendMode::FullDuplexStreamed {
+                    reply::streamed_body(Phase::ResponseBody, b.body, eos)
+                } else {
+                    reply::proceed(Phase::ResponseBody)
+                });
+                if eos {
+                    self.finish_usage();
+                }
+            }
+            Some(Request::ResponseTrailers(_)) => {
+                self.finish_usage();
+                out.push(reply::trailers_response());
+            }
+            None => self.shared.metrics.error(ErrorKind::Protocol),
+        }
+    }
+
+    /// Deferred work after the replies left: prefix bookkeeping.
+    pub fn after_reply(&mut self) {
+        if let Some(decision) = &mut self.decision {
+            self.shared.router.after_reply(decision);
+        }
+    }
+
+    fn on_request_headers(&mut self, end_of_stream: bool, out: &mut Vec<ProcessingResponse>) {
+        if end_of_stream {
+            return self.on_bodiless(out);
+        }
+        let limit = self.shared.router.pools().load().settings.max_body_bytes;
+        if let Some(size) = self.meta.content_length {
+            if size > limit {
+                return self.fail(RequestError::BodyTooLarge { size, limit }, out);
+            }
+            self.body.reserve_exact(size);
+        }
+        match self.request_mode {
+            BodySendMode::FullDuplexStreamed => {}
+            BodySendMode::Streamed => out.push(reply::buffer_request_body()),
+            _ => out.push(reply::proceed(Phase::RequestHeaders)),
+        }
+    }
+
+    fn on_request_body(
+        &mut self,
+        chunk: Vec<u8>,
+        end_of_stream: bool,
+        out: &mut Vec<ProcessingResponse>,
+    ) {
+        if self.body_done {
+            // A repeated final chunk (seen from Envoy 1.35+) must not be
+            // appended twice or re-routed.
+            if self.request_mode != BodySendMode::FullDuplexStreamed {
+                out.push(reply::proceed(Phase::RequestBody));
+            }
+            return;
+        }
+        let limit = self.shared.router.pools().load().settings.max_body_bytes;
+        let size = self.body.len() + chunk.len();
+        if size > limit {
+            return self.fail(RequestError::BodyTooLarge { size, limit }, out);
+        }
+        if self.body.is_empty() {
+            self.body = chunk;
+        } else {
+            self.body.extend_from_slice(&chunk);
+        }
+        if !end_of_stream {
+            match self.request_mode {
+                BodySendMode::FullDuplexStreamed => {}
+                // BUFFERED_PARTIAL sends a partial body when Envoy's buffer
+                // fills: routing on a truncated prompt would be wrong.
+                BodySendMode::BufferedPartial | BodySendMode::Buffered => {
+                    self.fail(RequestError::BodyTooLarge { size, limit: size }, out);
+                }
+                _ => out.push(reply::proceed(Phase::RequestBody)),
+            }
+            return;
+        }
+        self.body_done = true;
+        let started = Instant::now();
+        self.decide(out);
+        self.shared
+            .metrics
+            .decision_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    fn decide(&mut self, out: &mut Vec<ProcessingResponse>) {
+        let body = std::mem::take(&mut self.body);
+        let result = ParsedRequest::parse(&body)
+            .map_err(RequestError::from)
+            .and_then(|parsed| {
+                let session = self.meta.session.as_deref().or(parsed.user.as_deref());
+                self.shared.router.decide(&RouteRequest {
+                    model: &parsed.model,
+                    strategy: self.meta.strategy.as_deref(),
+                    session,
+                    prompt: Some(&parsed.prompt),
+                })
+            });
+        match result {
+            Err(err) => self.fail(err, out),
+            Ok(decision) => {
+                let duplex = self.request_mode == BodySendMode::FullDuplexStreamed;
+                if self.request_mode == BodySendMode::Streamed {
+                    // Envoy ignored our mode_override: the headers are gone.
+                    self.shared.metrics.error(ErrorKind::UnsupportedBodyMode);
+                    tracing::warn!(
+                        "request body mode STREAMED without allow_mode_override: routing headers cannot apply; configure BUFFERED or FULL_DUPLEX_STREAMED"
+                    );
+                }
+                let phase = if duplex {
+                    Phase::RequestHeaders
+                } else {
+                    Phase::RequestBody
+                };
+                out.push(self.route_reply(phase, &decision));
+                if duplex {
+                    out.push(reply::streamed_body(Phase::RequestBody, body, true));
+                }
+                self.decision = Some(decision);
+            }
+        }
+    }
+
+    fn on_bodiless(&mut self, out: &mut Vec<ProcessingResponse>) {
+        let path = self.meta.path.split('?').next().unwrap_or("");
+        if self.meta.method == "GET" && path.trim_end_matches('/') == "/v1/models" {
+            out.push(self.models_reply());
+            self.ended = true;
+            return;
+        }
+        let Some(model) = self.meta.model.clone() else {
+            return self.fail(RequestError::NoBody, out);
+        };
+        let result = self.shared.router.decide(&RouteRequest {
+            model: &model,
+            strategy: self.meta.strategy.as_deref(),
+            session: self.meta.session.as_deref(),
+            prompt: None,
+        });
+        match result {
+            Ok(decision) => {
+                out.push(self.route_reply(Phase::RequestHeaders, &decision));
+                self.decision = Some(decision);
+            }
+            Err(err) => self.fail(err, out),
+        }
+    }
+
+    fn route_reply(&self, phase: Phase, d: &Decision) -> ProcessingResponse {
+        let endpoint = &*d.member.endpoint.addr_text;
+        reply::route(
+            phase,
+            &[
+                ("target-pod", endpoint),
+                ("x-gateway-destination-endpoint", endpoint),
+                ("x-gateway-model-name", &d.pool.name),
+                ("x-request-id", &self.request_id),
+            ],
+            endpoint,
+        )
+    }
+
+    fn models_reply(&self) -> ProcessingResponse {
+        let snapshot = self.shared.router.pools().load();
+        let mut names: Vec<&String> = snapshot.models.keys().collect();
+        names.sort();
+        let data: Vec<_> = names
+            .iter()
+            .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "steer"}))
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        reply::immediate(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", &self.request_id),
+            ],
+            body.into_bytes(),
+            "models_list",
+        )
+    }
+
+    fn fail(&mut self, err: RequestError, out: &mut Vec<ProcessingResponse>) {
+        self.shared.metrics.error(err.kind());
+        tracing::debug!(request_id = %self.request_id, error = %err, "request rejected");
+        out.push(reply::error(&err));
+        self.ended = true;
+        self.body = Vec::new();
+    }
+
+    fn finish_usage(&mut self) {
+        let (Some(mut scanner), Some(decision)) = (self.usage.take(), &self.decision) else {
+            return;
+        };
+        if let Some(usage) = scanner.finish() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let counters = &decision.member.counters;
+            counters
+                .prompt_tokens
+                .fetch_add(usage.prompt_tokens, Relaxed);
+            counters
+                .completion_tokens
+                .fetch_add(usage.completion_tokens, Relaxed);
+        }
+    }
+}
+
+fn mode(raw: i32) -> BodySendMode {
+    BodySendMode::try_from(raw).unwrap_or(BodySendMode::Buffered)
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", next_random(), next_random())
+}

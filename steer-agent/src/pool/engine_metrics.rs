@@ -1,0 +1,120 @@
+//! Reads the few engine gauges routing needs from Prometheus text, under
+//! every name vLLM (old and new) and SGLang have used: routers that read only
+//! one name broke when vLLM renamed them.
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EngineMetrics {
+    pub waiting: Option<u32>,
+    pub running: Option<u32>,
+    /// KV-cache usage in 0..1.
+    pub kv_usage: Option<f32>,
+}
+
+const WAITING: &[&str] = &[
+    "vllm:num_requests_waiting",
+    "sglang:num_queue_reqs",
+    "trtllm_num_requests_waiting",
+];
+const RUNNING: &[&str] = &[
+    "vllm:num_requests_running",
+    "sglang:num_running_reqs",
+    "trtllm_num_requests_running",
+];
+const KV_USAGE: &[&str] = &[
+    "vllm:kv_cache_usage_perc",
+    "vllm:gpu_cache_usage_perc",
+    "sglang:token_usage",
+    "trtllm_kv_cache_utilization",
+];
+
+impl EngineMetrics {
+    /// Sums a gauge over all its label sets (one engine may serve several
+    /// models or LoRA adapters).
+    pub fn parse(text: &str) -> Self {
+        let mut out = Self::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, value)) = sample(line) else {
+                continue;
+            };
+            if WAITING.contains(&name) {
+                add(&mut out.waiting, value.max(0.0) as u32);
+            } else if RUNNING.contains(&name) {
+                add(&mut out.running, value.max(0.0) as u32);
+            } else if KV_USAGE.contains(&name) {
+                let v = value.clamp(0.0, 1.0) as f32;
+                out.kv_usage = Some(out.kv_usage.map_or(v, |old| old.max(v)));
+            }
+        }
+        out
+    }
+}
+
+fn add(slot: &mut Option<u32>, v: u32) {
+    *slot = Some(slot.unwrap_or(0).saturating_add(v));
+}
+
+/// `name{labels} value [timestamp]` → (name, value).
+fn sample(line: &str) -> Option<(&str, f64)> {
+    let (name, rest) = match line.find('{') {
+        Some(open) => {
+            let close = line[open..].rfind('}')? + open;
+            (&line[..open], &line[close + 1..])
+        }
+        None => line.split_once(char::is_whitespace)?,
+    };
+    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+    value.is_finite().then_some((name.trim(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vllm_new_names() {
+        let text = "# HELP x\n# TYPE vllm:num_requests_waiting gauge\n\
+            vllm:num_requests_waiting{model_name=\"q\"} 3.0\n\
+            vllm:num_requests_running{model_name=\"q\"} 2\n\
+            vllm:kv_cache_usage_perc{model_name=\"q\"} 0.25\n\
+            vllm:prefix_cache_hits_total{model_name=\"q\"} 99\n";
+        assert_eq!(
+            EngineMetrics::parse(text),
+            EngineMetrics {
+                waiting: Some(3),
+                running: Some(2),
+                kv_usage: Some(0.25)
+            }
+        );
+    }
+
+    #[test]
+    fn vllm_legacy_and_sglang_names() {
+        let legacy = "vllm:gpu_cache_usage_perc{model_name=\"q\",x=\"}\"} 0.5 1700000000\n\
+            vllm:num_requests_waiting{model_name=\"a\"} 1\nvllm:num_requests_waiting{model_name=\"b\"} 2\n";
+        let m = EngineMetrics::parse(legacy);
+        assert_eq!(m.kv_usage, Some(0.5));
+        assert_eq!(m.waiting, Some(3));
+        let sglang =
+            "sglang:num_queue_reqs 4\nsglang:num_running_reqs 1\nsglang:token_usage 0.75\n";
+        assert_eq!(
+            EngineMetrics::parse(sglang),
+            EngineMetrics {
+                waiting: Some(4),
+                running: Some(1),
+                kv_usage: Some(0.75)
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let m = EngineMetrics::parse(
+            "vllm:num_requests_waiting{ 3\nvllm:num_requests_running NaN\n{}\n\u{0}",
+        );
+        assert_eq!(m, EngineMetrics::default());
+    }
+}

@@ -1,0 +1,152 @@
+//! Live state of one pod, updated lock-free by streams and the scraper.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::routing::{PodView, Strategy};
+
+use super::EngineMetrics;
+
+#[derive(Debug)]
+pub struct EndpointState {
+    pub id: u32,
+    pub addr: SocketAddr,
+    pub addr_text: Arc<str>,
+    pub addr_hash: u64,
+    in_flight: AtomicU32,
+    waiting: AtomicU32,
+    running: AtomicU32,
+    kv_usage_bits: AtomicU32,
+    ready: AtomicBool,
+    scrape_failures: AtomicU32,
+}
+
+impl EndpointState {
+    pub fn new(id: u32, addr: SocketAddr) -> Self {
+        let addr_text: Arc<str> = addr.to_string().into();
+        Self {
+            id,
+            addr,
+            addr_hash: xxhash_rust::xxh3::xxh3_64(addr_text.as_bytes()),
+            addr_text,
+            in_flight: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            running: AtomicU32::new(0),
+            kv_usage_bits: AtomicU32::new(0),
+            // Optimistic until the scraper proves otherwise, so the first
+            // requests after start-up are served.
+            ready: AtomicBool::new(true),
+            scrape_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn view(&self) -> PodView {
+        PodView {
+            id: self.id,
+            addr: self.addr,
+            addr_hash: self.addr_hash,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_usage: self.kv_usage(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn engine_running(&self) -> u32 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub fn engine_waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn kv_usage(&self) -> f32 {
+        f32::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn scrape_succeeded(&self, metrics: &EngineMetrics) {
+        if let Some(v) = metrics.waiting {
+            self.waiting.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = metrics.running {
+            self.running.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = metrics.kv_usage {
+            self.kv_usage_bits.store(v.to_bits(), Ordering::Relaxed);
+        }
+        self.scrape_failures.store(0, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns true when this failure took the pod out of rotation.
+    pub fn scrape_failed(&self, unhealthy_after: u32) -> bool {
+        let failures = self.scrape_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        failures >= unhealthy_after && self.ready.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against its pod until dropped, whatever way the ext_proc
+/// stream ends (finished, reset by Envoy, agent error).
+#[derive(Debug)]
+pub struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters of one (model, pod) pair.
+#[derive(Debug, Default)]
+pub struct MemberCounters {
+    pub decisions: [AtomicU64; Strategy::ALL.len()],
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub endpoint: Arc<EndpointState>,
+    pub counters: Arc<MemberCounters>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_guard_and_readiness() {
+        let ep = Arc::new(EndpointState::new(1, "127.0.0.1:1".parse().unwrap()));
+        let a = ep.start();
+        let b = ep.start();
+        assert_eq!(ep.view().in_flight, 2);
+        drop(a);
+        drop(b);
+        assert_eq!(ep.in_flight(), 0);
+        assert!(!ep.scrape_failed(2));
+        assert!(ep.scrape_failed(2));
+        assert!(!ep.is_ready());
+        assert!(!ep.scrape_failed(2), "already out: not reported twice");
+        ep.scrape_succeeded(&EngineMetrics {
+            waiting: Some(3),
+            running: Some(1),
+            kv_usage: Some(0.5),
+        });
+        assert!(ep.is_ready());
+        assert_eq!(ep.view().waiting, 3);
+        assert_eq!(ep.view().kv_usage, 0.5);
+    }
+}

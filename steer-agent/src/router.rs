@@ -1,0 +1,148 @@
+//! Turns a parsed request into a routing decision: reads the pool snapshot,
+//! builds the pod views, runs the chosen strategy and counts the choice.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::extproc::RequestError;
+use crate::openai::PromptPieces;
+use crate::pool::{InFlight, Member, ModelPool, Pools};
+use crate::routing::{self, BlockHasher, PodView, PrefixIndex, Strategy};
+
+#[derive(Debug)]
+pub struct Router {
+    pools: Arc<Pools>,
+    prefix: PrefixIndex,
+}
+
+/// What a request needs to be routed.
+#[derive(Debug)]
+pub struct RouteRequest<'a> {
+    pub model: &'a str,
+    pub strategy: Option<&'a str>,
+    /// `x-session-id`, else the body's `user`.
+    pub session: Option<&'a str>,
+    pub prompt: Option<&'a PromptPieces<'a>>,
+}
+
+#[derive(Debug)]
+pub struct Decision {
+    pub pool: Arc<ModelPool>,
+    pub member: Member,
+    pub strategy: Strategy,
+    pub in_flight: InFlight,
+    /// Prefix blocks to record for the chosen pod once the reply is out.
+    pub prefix_blocks: Vec<u64>,
+}
+
+impl Router {
+    pub fn new(pools: Arc<Pools>) -> Self {
+        let capacity = pools.load().settings.prefix.index_capacity_blocks;
+        Self {
+            pools,
+            prefix: PrefixIndex::new(capacity),
+        }
+    }
+
+    pub fn pools(&self) -> &Arc<Pools> {
+        &self.pools
+    }
+
+    pub fn decide(&self, req: &RouteRequest<'_>) -> Result<Decision, RequestError> {
+        let snapshot = self.pools.load();
+        let pool = snapshot
+            .model(req.model)
+            .ok_or_else(|| RequestError::UnknownModel(req.model.to_owned()))?;
+        let strategy = match req.strategy {
+            Some(name) => name.parse()?,
+            None => pool.strategy.unwrap_or(snapshot.settings.default_strategy),
+        };
+        let (views, members): (Vec<PodView>, Vec<&Member>) = pool
+            .members
+            .iter()
+            .filter(|m| m.endpoint.is_ready())
+            .map(|m| (m.endpoint.view(), m))
+            .unzip();
+        if views.is_empty() {
+            return Err(RequestError::NoReadyEndpoint(req.model.to_owned()));
+        }
+        let tie = next_random();
+        let mut prefix_blocks = Vec::new();
+        let chosen = match strategy {
+            Strategy::Random => routing::random(&views, tie),
+            Strategy::RoundRobin => {
+                routing::round_robin(&views, pool.round_robin.fetch_add(1, Ordering::Relaxed))
+            }
+            Strategy::LeastRequest => routing::least_request(&views, tie),
+            Strategy::LeastKvCache => routing::least_kv_cache(&views, tie),
+            Strategy::SessionAffinity => match req.session {
+                Some(session) => routing::session_affinity(
+                    &views,
+                    xxhash_rust::xxh3::xxh3_64(session.as_bytes()),
+                ),
+                None => routing::least_request(&views, tie),
+            },
+            Strategy::PrefixCache => {
+                let prefix = &snapshot.settings.prefix;
+                let mut hasher =
+                    BlockHasher::new(pool.seed, prefix.block_bytes, prefix.max_blocks_per_request);
+                for piece in req.prompt.into_iter().flat_map(|p| p.iter()) {
+                    hasher.push(piece.as_bytes());
+                }
+                prefix_blocks = hasher.finish();
+                let mut depths = vec![0; views.len()];
+                self.prefix
+                    .match_depths(&prefix_blocks, &views, &mut depths);
+                routing::prefix_cache(&views, &depths, tie, &prefix.params)
+            }
+        };
+        let member = members[chosen].clone();
+        member.counters.decisions[strategy.index()].fetch_add(1, Ordering::Relaxed);
+        Ok(Decision {
+            pool: pool.clone(),
+            in_flight: member.endpoint.start(),
+            member,
+            strategy,
+            prefix_blocks,
+        })
+    }
+
+    /// Runs after the reply went out: remember which pod now holds the prefix.
+    pub fn after_reply(&self, decision: &mut Decision) {
+        if !decision.prefix_blocks.is_empty() {
+            self.prefix
+                .record(&decision.prefix_blocks, decision.member.endpoint.id);
+            decision.prefix_blocks = Vec::new();
+        }
+    }
+
+    /// Pods that left every pool must stop attracting prefix traffic.
+    pub fn forget_pods(&self, ids: &[u32]) {
+        for &id in ids {
+            self.prefix.forget_pod(id);
+        }
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(seed());
+}
+
+fn seed() -> u64 {
+    // Per-thread seed from the std hasher's random keys: no syscall per call.
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::thread::current().id())
+}
+
+/// splitmix64 on a thread-local state: a tie-break needs speed, not crypto,
+/// and must not contend on a shared counter.
+pub fn next_random() -> u64 {
+    RNG.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}

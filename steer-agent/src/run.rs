@@ -1,0 +1,155 @@
+//! `steer-agent run`: wires config, pools, scraper, ext_proc and admin
+//! servers together and runs them until a shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+
+use crate::cli::RunArgs;
+use crate::config::{ConfigError, FileConfig, Settings, watch_file};
+use crate::extproc::{ExtProcService, Shared};
+use crate::pool::{Pools, Scraper};
+use crate::router::Router;
+use crate::telemetry::{AdminState, ErrorKind, Metrics, serve_admin};
+
+/// gRPC framing and metadata on top of the largest body we accept.
+const GRPC_OVERHEAD: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("ext_proc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub fn load_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
+    let file = args.config.as_deref().map(FileConfig::load).transpose()?;
+    let mut settings = Settings::resolve(file, &args.pools)?;
+    if let Some(name) = &args.default_strategy {
+        settings.default_strategy =
+            name.parse()
+                .map_err(|e: crate::routing::UnknownStrategy| ConfigError::Invalid {
+                    field: "--default-strategy".into(),
+                    message: e.to_string(),
+                })?;
+    }
+    Ok(settings)
+}
+
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let settings = load_settings(&args)?;
+    if settings.models.is_empty() {
+        tracing::warn!(
+            "no models configured: every request will get 404 until a config file or --pool adds one"
+        );
+    }
+    let max_message = settings.max_body_bytes + GRPC_OVERHEAD;
+    let pools = Arc::new(Pools::new(settings));
+    let metrics = Metrics::new(pools.clone());
+    let shared = Arc::new(Shared {
+        router: Router::new(pools.clone()),
+        metrics: metrics.clone(),
+    });
+    let scraper = Scraper::new(pools.clone(), metrics.clone());
+    scraper.reconcile();
+
+    if let Some(path) = args.config.clone() {
+        let (shared, scraper) = (shared.clone(), scraper.clone());
+        let period = Duration::from_millis(args.reload_interval_ms.max(50));
+        let default_override = args.default_strategy.clone();
+        tokio::spawn(watch_file(
+            path,
+            args.pools.clone(),
+            period,
+            move |result| match result {
+                Ok(mut settings) => {
+                    if let Some(strategy) = default_override.as_deref().and_then(|s| s.parse().ok())
+                    {
+                        settings.default_strategy = strategy;
+                    }
+                    let removed = shared.router.pools().update(settings);
+                    shared.router.forget_pods(&removed);
+                    scraper.reconcile();
+                    shared.metrics.config_reloads.inc();
+                    tracing::info!(
+                        generation = shared.router.pools().load().generation,
+                        "config reloaded"
+                    );
+                }
+                Err(error) => {
+                    shared.metrics.error(ErrorKind::ConfigReload);
+                    tracing::error!(%error, "config change rejected; keeping the previous config");
+                }
+            },
+        ));
+    }
+
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { what, addr, source })
+    };
+    let admin_listener = bind("metrics", args.metrics_addr).await?;
+    let ext_proc_listener = bind("ext_proc", args.ext_proc_addr).await?;
+    let serving = Arc::new(AtomicBool::new(false));
+    let admin = AdminState {
+        metrics: metrics.clone(),
+        pools: pools.clone(),
+        serving: serving.clone(),
+        mode: "header-only",
+    };
+    tracing::info!(
+        ext_proc = %ext_proc_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        metrics = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        models = pools.load().models.len(),
+        "steer-agent serving (header-only mode: routing via headers; eBPF datapath not active)"
+    );
+    tokio::spawn(async move {
+        if let Err(error) = serve_admin(admin_listener, admin).await {
+            tracing::error!(%error, "metrics server stopped");
+        }
+    });
+
+    let service = ExternalProcessorServer::new(ExtProcService::new(shared))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(ext_proc_listener);
+    serving.store(true, Ordering::Relaxed);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await?;
+    tracing::info!("steer-agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,69 @@
+//! `/metrics`, `/healthz`, `/readyz` on the admin address.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::Metrics;
+use crate::pool::Pools;
+
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub pools: Arc<Pools>,
+    /// Set once the ext_proc listener is bound.
+    pub serving: Arc<AtomicBool>,
+    /// "header-only" until the eBPF datapath is active.
+    pub mode: &'static str,
+}
+
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let snapshot = state.pools.snapshot();
+    let ready_pods = snapshot.endpoints.iter().filter(|e| e.is_ready()).count();
+    let serving = state.serving.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "ready": serving,
+        "mode": state.mode,
+        "config_generation": snapshot.generation,
+        "models": snapshot.models.len(),
+        "pods": snapshot.endpoints.len(),
+        "ready_pods": ready_pods,
+    });
+    let status = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}

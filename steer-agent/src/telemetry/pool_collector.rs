@@ -1,0 +1,161 @@
+//! Exports per-pod state straight from the current snapshot at scrape time,
+//! so the request path only bumps atomics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
+
+use crate::pool::Pools;
+use crate::routing::Strategy;
+
+#[derive(Debug)]
+pub struct PoolCollector {
+    pools: Arc<Pools>,
+    descs: Vec<Desc>,
+}
+
+struct Families {
+    in_flight: IntGaugeVec,
+    ready: IntGaugeVec,
+    engine_waiting: IntGaugeVec,
+    engine_running: IntGaugeVec,
+    kv_usage: GaugeVec,
+    decisions: IntCounterVec,
+    prompt_tokens: IntCounterVec,
+    completion_tokens: IntCounterVec,
+}
+
+impl Families {
+    fn new() -> Self {
+        let pod = &["pod"];
+        let model_pod = &["model", "pod"];
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("static options are valid")
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static options are valid")
+        };
+        Self {
+            in_flight: gauge(
+                "steer_pod_in_flight",
+                "Requests this agent sent to the pod that have not finished.",
+                pod,
+            ),
+            ready: gauge(
+                "steer_pod_ready",
+                "1 if the pod is in rotation (metric scrapes succeed).",
+                pod,
+            ),
+            engine_waiting: gauge(
+                "steer_pod_engine_waiting",
+                "The engine's own queue length, last scrape.",
+                pod,
+            ),
+            engine_running: gauge(
+                "steer_pod_engine_running",
+                "Requests running in the engine, last scrape.",
+                pod,
+            ),
+            kv_usage: GaugeVec::new(
+                Opts::new(
+                    "steer_pod_kv_cache_usage",
+                    "Engine KV-cache usage 0..1, last scrape.",
+                ),
+                pod,
+            )
+            .expect("static options are valid"),
+            decisions: counter(
+                "steer_decisions_total",
+                "Routing decisions by model, pod and strategy.",
+                &["model", "pod", "strategy"],
+            ),
+            prompt_tokens: counter(
+                "steer_prompt_tokens_total",
+                "Prompt tokens reported by responses.",
+                model_pod,
+            ),
+            completion_tokens: counter(
+                "steer_completion_tokens_total",
+                "Completion tokens reported by responses.",
+                model_pod,
+            ),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 8] {
+        [
+            &self.in_flight,
+            &self.ready,
+            &self.engine_waiting,
+            &self.engine_running,
+            &self.kv_usage,
+            &self.decisions,
+            &self.prompt_tokens,
+            &self.completion_tokens,
+        ]
+    }
+}
+
+impl PoolCollector {
+    pub fn new(pools: Arc<Pools>) -> Self {
+        let descs = Families::new()
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().cloned())
+            .collect();
+        Self { pools, descs }
+    }
+}
+
+impl Collector for PoolCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = Families::new();
+        let snapshot = self.pools.snapshot();
+        for ep in &snapshot.endpoints {
+            let pod = [&*ep.addr_text];
+            f.in_flight
+                .with_label_values(&pod)
+                .set(i64::from(ep.in_flight()));
+            f.ready
+                .with_label_values(&pod)
+                .set(i64::from(ep.is_ready()));
+            f.engine_waiting
+                .with_label_values(&pod)
+                .set(i64::from(ep.engine_waiting()));
+            f.engine_running
+                .with_label_values(&pod)
+                .set(i64::from(ep.engine_running()));
+            f.kv_usage
+                .with_label_values(&pod)
+                .set(f64::from(ep.kv_usage()));
+        }
+        for pool in snapshot.models.values() {
+            for member in &pool.members {
+                let labels = [&*pool.name, &*member.endpoint.addr_text];
+                let c = &member.counters;
+                for strategy in Strategy::ALL {
+                    let n = c.decisions[strategy.index()].load(Ordering::Relaxed);
+                    if n > 0 {
+                        f.decisions
+                            .with_label_values(&[labels[0], labels[1], strategy.name()])
+                            .inc_by(n);
+                    }
+                }
+                f.prompt_tokens
+                    .with_label_values(&labels)
+                    .inc_by(c.prompt_tokens.load(Ordering::Relaxed));
+                f.completion_tokens
+                    .with_label_values(&labels)
+                    .inc_by(c.completion_tokens.load(Ordering::Relaxed));
+            }
+        }
+        f.collectors().iter().flat_map(|c| c.collect()).collect()
+    }
+}
