@@ -107,12 +107,31 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         serving: serving.clone(),
         mode: "header-only",
     };
-    tracing::info!(
-        ext_proc = %ext_proc_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        metrics = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        models = pools.load().models.len(),
-        "steer-agent serving (header-only mode: routing via headers; eBPF datapath not active)"
+    let ext_proc_addr = ext_proc_listener
+        .local_addr()
+        .map_err(|source| RunError::Bind {
+            what: "ext_proc",
+            addr: args.ext_proc_addr,
+            source,
+        })?;
+    let metrics_addr = admin_listener
+        .local_addr()
+        .map_err(|source| RunError::Bind {
+            what: "metrics",
+            addr: args.metrics_addr,
+            source,
+        })?;
+    tracing::warn!(
+        "eBPF datapath not active: header-only mode (routing via target-pod / x-gateway-destination-endpoint headers)"
     );
+    tracing::info!(
+        %ext_proc_addr,
+        %metrics_addr,
+        models = pools.load().models.len(),
+        "steer-agent serving"
+    );
+    // One machine-readable line for scripts and harnesses (ports may be 0).
+    println!("steer-agent listening ext_proc={ext_proc_addr} metrics={metrics_addr}");
     tokio::spawn(async move {
         if let Err(error) = serve_admin(admin_listener, admin).await {
             tracing::error!(%error, "metrics server stopped");

@@ -1,1 +1,70 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | test | demo | bench`.
+
+mod demo;
+mod setup;
+mod stats;
+mod test;
+mod workload;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Steer project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what builds and tests need (idempotent).
+    Setup,
+    /// Setup, format and lint checks, then every test.
+    Test,
+    /// Start 4 mock engines + agent + Envoy stand-in, route a mixed workload
+    /// with every strategy, print a summary, stop.
+    Demo {
+        /// Keep everything running after the summary until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test => test::run(),
+        Command::Demo { keep_running } => demo::run(keep_running),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = std::process::Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {program}: {e}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "{program} {} failed: {status}",
+        args.join(" ")
+    );
+    Ok(())
+}
+
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}

@@ -1,1 +1,48 @@
+//! The process harness shared by the end-to-end tests, `cargo xtask demo`
+//! and `cargo xtask bench`: starts mock engines, the agent and the Envoy
+//! stand-in on loopback, and a small HTTP client that measures time to first
+//! byte.
 
+pub mod client;
+pub mod procs;
+
+pub use client::{Client, Reply};
+pub use procs::{Proc, Stack, StackOptions, binary_dir, ensure_built, write_config};
+
+/// An OpenAI chat request body.
+pub fn chat_body(model: &str, prompt: &str, stream: bool, max_tokens: u32) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a test."},
+            {"role": "user", "content": prompt},
+        ],
+        "stream": stream,
+        "stream_options": {"include_usage": stream},
+        "max_tokens": max_tokens,
+    })
+    .to_string()
+}
+
+/// Engines with no artificial delay: tests about routing, not latency.
+pub fn fast_engine() -> Vec<String> {
+    ["--prefill-us-per-token", "0", "--decode-us-per-token", "0"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// Reads one sample (`name{labels} value`) from Prometheus text; the labels
+/// given must all appear on the line.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .next()
+}

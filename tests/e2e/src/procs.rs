@@ -1,0 +1,280 @@
+//! Child processes that die with their handle (and with a failing test).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Where cargo put the binaries of `profile` ("debug" or "release").
+pub fn binary_dir(profile: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target")
+                .canonicalize()
+                .unwrap_or_else(|_| PathBuf::from("target"))
+        });
+    target.join(profile)
+}
+
+/// Builds the three binaries once per process, so a plain `cargo test` works
+/// without a separate build step.
+pub fn ensure_built(profile: &str) -> Result<()> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.iter().any(|p| p == profile) {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "steer-agent",
+        "-p",
+        "mock-engine",
+        "-p",
+        "envoy-standin",
+    ]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the test binaries failed: {status}");
+    }
+    built.push(profile.to_owned());
+    Ok(())
+}
+
+/// A running child; killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    /// Addresses from the ready line, in order (`ip:port` tokens).
+    pub addrs: Vec<SocketAddr>,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts `bin` and waits (bounded) for a stdout line containing
+    /// `ready_marker`; every `ip:port` on that line is recorded.
+    pub async fn spawn(bin: &Path, args: &[String], ready_marker: &str) -> Result<Self> {
+        let name = bin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (build it first: cargo build)", bin.display()))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains(ready_marker) {
+                    return Ok::<_, std::io::Error>(Some(line));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let line = match ready {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => {
+                let status = child.wait().await.ok();
+                bail!("{name} exited before it was ready ({status:?})");
+            }
+            Ok(Err(e)) => bail!("{name}: reading stdout: {e}"),
+            Err(_) => bail!("{name} not ready within 20 s"),
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addrs = line
+            .split(|c: char| c.is_whitespace() || c == '=')
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        Ok(Self { name, addrs, child })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
+/// Writes a YAML config mapping each model to engine addresses.
+pub fn write_config(
+    path: &Path,
+    default_strategy: &str,
+    models: &[(&str, Vec<SocketAddr>)],
+) -> Result<()> {
+    let mut yaml = format!(
+        "default_strategy: {default_strategy}\nscrape:\n  interval_ms: 50\n  timeout_ms: 300\n  unhealthy_after: 2\nmodels:\n"
+    );
+    for (model, addrs) in models {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        yaml.push_str(&format!(
+            "  {model}:\n    endpoints: [{}]\n",
+            list.join(", ")
+        ));
+    }
+    // Write then rename so a watching agent never reads a half-written file.
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, yaml)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub profile: &'static str,
+    /// Per engine: (models served, comma-separated; extra mock-engine args).
+    pub engines: Vec<(String, Vec<String>)>,
+    pub default_strategy: String,
+    pub standin_args: Vec<String>,
+    pub agent_args: Vec<String>,
+    /// Fixed agent (ext_proc, metrics) ports instead of ephemeral ones.
+    pub agent_ports: Option<(u16, u16)>,
+}
+
+/// Engines + agent + stand-in on loopback, with a config file the test can
+/// rewrite (hot reload).
+#[derive(Debug)]
+pub struct Stack {
+    pub engines: Vec<Proc>,
+    pub agent: Proc,
+    pub standin: Proc,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Result<Self> {
+        ensure_built(opts.profile)?;
+        let bins = binary_dir(opts.profile);
+        let dir =
+            std::env::temp_dir().join(format!("steer-e2e-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)?;
+        let mut engines = Vec::new();
+        for (i, (model, extra)) in opts.engines.iter().enumerate() {
+            let mut args = vec![
+                "--addr".into(),
+                "127.0.0.1:0".into(),
+                "--name".into(),
+                format!("engine-{i}"),
+            ];
+            for m in model.split(',') {
+                args.extend(["--model".to_owned(), m.to_owned()]);
+            }
+            args.extend(extra.iter().cloned());
+            engines.push(Proc::spawn(&bins.join("mock-engine"), &args, "listening on").await?);
+        }
+        let mut models: Vec<(&str, Vec<SocketAddr>)> = Vec::new();
+        for ((served, _), engine) in opts.engines.iter().zip(&engines) {
+            for model in served.split(',') {
+                match models.iter_mut().find(|(m, _)| *m == model) {
+                    Some((_, addrs)) => addrs.push(engine.addr()),
+                    None => models.push((model, vec![engine.addr()])),
+                }
+            }
+        }
+        let config = dir.join("steer.yaml");
+        write_config(&config, &opts.default_strategy, &models)?;
+        let (ext_proc_port, metrics_port) = opts.agent_ports.unwrap_or((0, 0));
+        let mut agent_args: Vec<String> = vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--ext-proc-addr".into(),
+            format!("127.0.0.1:{ext_proc_port}"),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--reload-interval-ms".into(),
+            "100".into(),
+        ];
+        agent_args.extend(opts.agent_args.iter().cloned());
+        let agent = Proc::spawn(
+            &bins.join("steer-agent"),
+            &agent_args,
+            "steer-agent listening",
+        )
+        .await?;
+        let mut standin_args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--ext-proc".into(),
+            agent.addrs[0].to_string(),
+        ];
+        standin_args.extend(opts.standin_args.iter().cloned());
+        let standin =
+            Proc::spawn(&bins.join("envoy-standin"), &standin_args, "listening on").await?;
+        Ok(Self {
+            engines,
+            agent,
+            standin,
+            config,
+            dir,
+        })
+    }
+
+    pub fn gateway(&self) -> SocketAddr {
+        self.standin.addr()
+    }
+
+    pub fn ext_proc(&self) -> SocketAddr {
+        self.agent.addrs[0]
+    }
+
+    pub fn metrics(&self) -> SocketAddr {
+        self.agent.addrs[1]
+    }
+
+    /// Which engine index listens on `addr`.
+    pub fn engine_index(&self, addr: &str) -> Option<usize> {
+        self.engines
+            .iter()
+            .position(|e| e.addr().to_string() == addr)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,159 @@
+//! Pool changes while serving: hot reload, a pod going down and coming back.
+
+mod common;
+
+use steer_e2e::{Client, Proc, binary_dir, chat_body, metric_value, write_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_adds_and_removes_models() {
+    let stack = common::stack(&["a", "b"], "least-request").await;
+    let client = Client::default();
+    let first = client
+        .post(
+            stack.gateway(),
+            "/v1/chat/completions",
+            &[],
+            chat_body("b", "x", false, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200);
+    // Re-map: model "c" on engine 1, "b" removed.
+    write_config(
+        &stack.config,
+        "least-request",
+        &[
+            ("a", vec![stack.engines[0].addr()]),
+            ("c", vec![stack.engines[1].addr()]),
+        ],
+    )
+    .unwrap();
+    assert!(
+        common::eventually(10, || async {
+            let r = client
+                .post(
+                    stack.gateway(),
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body("c", "x", false, 1),
+                )
+                .await
+                .unwrap();
+            r.status == 200 && r.header("x-mock-engine") == Some("engine-1")
+        })
+        .await,
+        "new model routable after reload"
+    );
+    let gone = client
+        .post(
+            stack.gateway(),
+            "/v1/chat/completions",
+            &[],
+            chat_body("b", "x", false, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.status, 404);
+    // A broken edit is rejected and the last good config keeps serving.
+    std::fs::write(&stack.config, "models: [this is not a map\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let still = client
+        .post(
+            stack.gateway(),
+            "/v1/chat/completions",
+            &[],
+            chat_body("c", "x", false, 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(still.status, 200);
+    let metrics = client
+        .get(stack.metrics(), "/metrics")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metric_value(
+            &metrics,
+            "steer_errors_total",
+            &[("reason", "config_reload")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(metric_value(&metrics, "steer_config_reloads_total", &[]).unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_going_down_leaves_rotation_and_comes_back() {
+    let mut stack = common::stack(&["m", "m"], "round-robin").await;
+    let client = Client::default();
+    let down_addr = stack.engines[1].addr();
+    let engine = stack.engines.remove(1);
+    engine.kill().await;
+
+    // After failed scrapes every request goes to the surviving pod and succeeds.
+    assert!(
+        common::eventually(10, || async {
+            let m = client
+                .get(stack.metrics(), "/metrics")
+                .await
+                .unwrap()
+                .text();
+            metric_value(&m, "steer_pod_ready", &[("pod", &down_addr.to_string())]) == Some(0.0)
+        })
+        .await,
+        "dead pod marked not ready"
+    );
+    for _ in 0..6 {
+        let r = client
+            .post(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &[],
+                chat_body("m", "x", false, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-mock-engine"), Some("engine-0"));
+    }
+
+    // Same address again: it returns to rotation.
+    let revived = Proc::spawn(
+        &binary_dir("debug").join("mock-engine"),
+        &[
+            "--addr",
+            &down_addr.to_string(),
+            "--model",
+            "m",
+            "--name",
+            "engine-1b",
+            "--prefill-us-per-token",
+            "0",
+            "--decode-us-per-token",
+            "0",
+        ]
+        .map(String::from),
+        "listening on",
+    )
+    .await
+    .unwrap();
+    assert!(
+        common::eventually(10, || async {
+            let r = client
+                .post(
+                    stack.gateway(),
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body("m", "x", false, 1),
+                )
+                .await
+                .unwrap();
+            r.header("x-mock-engine") == Some("engine-1b")
+        })
+        .await,
+        "revived pod serves again"
+    );
+    drop(revived);
+}

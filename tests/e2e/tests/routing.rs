@@ -1,0 +1,207 @@
+//! Routing behaviour through stand-in + agent + mock engines.
+
+mod common;
+
+use std::collections::HashMap;
+
+use steer_e2e::{Client, chat_body};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_model_and_sets_destination_headers() {
+    let stack = common::stack(&["qwen", "qwen", "llama"], "round-robin").await;
+    let client = Client::default();
+    for _ in 0..6 {
+        let reply = client
+            .post(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &[],
+                chat_body("llama", "hi", false, 2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-mock-engine"), Some("engine-2"));
+        let target = reply
+            .header("target-pod")
+            .expect("target-pod echoed on the response");
+        assert_eq!(stack.engine_index(target), Some(2));
+        // What the engine received, i.e. what "Envoy" forwarded.
+        assert_eq!(reply.header("x-echo-target-pod"), Some(target));
+        assert_eq!(
+            reply.header("x-echo-x-gateway-destination-endpoint"),
+            Some(target)
+        );
+        assert_eq!(reply.header("x-echo-x-gateway-model-name"), Some("llama"));
+        assert!(
+            reply
+                .header("x-echo-x-request-id")
+                .is_some_and(|id| id.len() >= 16)
+        );
+        assert_eq!(reply.header("x-standin-route-cache-cleared"), Some("true"));
+        let meta: serde_json::Value =
+            serde_json::from_str(reply.header("x-standin-dynamic-metadata").unwrap()).unwrap();
+        assert_eq!(meta["envoy.lb"]["x-gateway-destination-endpoint"], target);
+        assert_eq!(reply.json().unwrap()["model"], "llama");
+    }
+    let reply = client
+        .post(
+            stack.gateway(),
+            "/v1/chat/completions",
+            &[("x-request-id", "client-chosen-id")],
+            chat_body("qwen", "hi", false, 2),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        reply.header("x-mock-engine"),
+        Some("engine-0" | "engine-1")
+    ));
+    assert_eq!(
+        reply.header("x-echo-x-request-id"),
+        Some("client-chosen-id")
+    );
+    assert_eq!(reply.header("x-request-id"), Some("client-chosen-id"));
+}
+
+async fn engines_hit(
+    stack: &steer_e2e::Stack,
+    strategy: &str,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
+    let client = Client::default();
+    let mut hits = HashMap::new();
+    for i in 0..n {
+        let mut h = vec![("routing-strategy", strategy)];
+        h.extend_from_slice(headers);
+        let reply = client
+            .post(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &h,
+                chat_body("m", &format!("q{i}"), false, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-steer-strategy"), Some(strategy));
+        *hits
+            .entry(reply.header("x-mock-engine").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_random_and_session_affinity() {
+    let stack = common::stack(&["m", "m", "m"], "least-request").await;
+    let rr = engines_hit(&stack, "round-robin", 9, &[]).await;
+    assert_eq!(rr.len(), 3, "{rr:?}");
+    assert!(rr.values().all(|&n| n == 3), "round-robin is even: {rr:?}");
+
+    let random = engines_hit(&stack, "random", 60, &[]).await;
+    assert_eq!(random.len(), 3, "random reaches every pod: {random:?}");
+
+    let sticky = engines_hit(&stack, "session-affinity", 10, &[("x-session-id", "alice")]).await;
+    assert_eq!(sticky.len(), 1, "one session, one pod: {sticky:?}");
+    let mut pods = std::collections::HashSet::new();
+    for s in 0..30 {
+        let session = format!("user-{s}");
+        let hits = engines_hit(&stack, "session-affinity", 2, &[("x-session-id", &session)]).await;
+        assert_eq!(hits.len(), 1, "{session}: {hits:?}");
+        pods.extend(hits.into_keys());
+    }
+    assert_eq!(pods.len(), 3, "sessions spread over the pods");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_cache_sends_a_repeated_prefix_to_the_same_pod() {
+    let stack = common::stack(&["m", "m", "m", "m"], "prefix-cache").await;
+    let client = Client::default();
+    let mut home: HashMap<usize, String> = HashMap::new();
+    for round in 0..4 {
+        for group in 0..6 {
+            let system = format!("group {group} system prompt. ").repeat(200);
+            let body = serde_json::json!({
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": format!("question {round}")},
+                ],
+                "max_tokens": 1,
+            })
+            .to_string();
+            let reply = client
+                .post(stack.gateway(), "/v1/chat/completions", &[], body)
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            let engine = reply.header("x-mock-engine").unwrap().to_owned();
+            let cached: u64 = reply
+                .header("x-prefix-cached-tokens")
+                .unwrap()
+                .parse()
+                .unwrap();
+            match home.get(&group) {
+                None => {
+                    assert_eq!(round, 0);
+                    home.insert(group, engine);
+                }
+                Some(first) => {
+                    assert_eq!(&engine, first, "group {group} round {round} moved");
+                    assert!(cached > 1000, "warm pod serves from cache: {cached}");
+                }
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<_> = home.values().collect();
+    assert!(distinct.len() >= 2, "groups spread over pods: {home:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_avoids_a_busy_pod() {
+    // Engine 0 decodes slowly (20 ms per token): whatever lands there stays in flight.
+    let mut opts = common::opts(&["m", "m"], "least-request");
+    opts.engines[0].1 = [
+        "--decode-us-per-token",
+        "20000",
+        "--prefill-us-per-token",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let stack = steer_e2e::Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    // Send long streams until three of them are running on the slow pod
+    // (those routed to the fast pod finish at once).
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if held.len() >= 3 {
+            break;
+        }
+        let (client, gw) = (client.clone(), stack.gateway());
+        held.push(tokio::spawn(async move {
+            client
+                .post(
+                    gw,
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body("m", "long", true, 200),
+                )
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        held.retain(|t| !t.is_finished());
+    }
+    assert!(held.len() >= 3, "could not occupy the slow pod");
+    let hits = engines_hit(&stack, "least-request", 10, &[]).await;
+    assert_eq!(
+        hits.get("engine-1"),
+        Some(&10),
+        "busy pod avoided: {hits:?}"
+    );
+    for t in held {
+        t.abort();
+    }
+}

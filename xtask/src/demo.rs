@@ -1,0 +1,169 @@
+//! `cargo xtask demo`: the whole decision path on one laptop.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use steer_e2e::{Client, Stack, StackOptions, metric_value};
+
+use crate::stats::{hit_rate, ms, per_engine, summarize};
+use crate::workload::{self, Shape};
+
+const STRATEGIES: [&str; 6] = [
+    "random",
+    "round-robin",
+    "least-request",
+    "least-kv-cache",
+    "session-affinity",
+    "prefix-cache",
+];
+
+pub fn run(keep_running: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = demo(keep_running) => result,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("\ninterrupted: stopping engines, agent and gateway");
+                Ok(())
+            }
+        }
+    })
+    // Dropping the stack inside `demo` (or the cancelled future) kills every child.
+}
+
+async fn demo(keep_running: bool) -> Result<()> {
+    eprintln!("building release binaries (first run takes a few minutes)...");
+    steer_e2e::ensure_built("release")?;
+    // Realistic-ish engine: 50 us per uncached prompt token, 1 ms per output token.
+    let engine_args: Vec<String> = [
+        "--prefill-us-per-token",
+        "50",
+        "--decode-us-per-token",
+        "1000",
+        "--max-running",
+        "8",
+    ]
+    .map(String::from)
+    .to_vec();
+    let ports = port_pair_free(9002, 9090).then_some((9002, 9090));
+    let stack = Stack::start(StackOptions {
+        profile: "release",
+        engines: (0..4)
+            .map(|_| ("qwen,llama".to_owned(), engine_args.clone()))
+            .collect(),
+        default_strategy: "prefix-cache".into(),
+        standin_args: Vec::new(),
+        agent_args: Vec::new(),
+        agent_ports: ports,
+    })
+    .await?;
+    println!(
+        "Steer demo: 4 mock vLLM engines (models qwen, llama), steer-agent, Envoy stand-in — all on loopback"
+    );
+    for (i, e) in stack.engines.iter().enumerate() {
+        println!("  engine-{i}  http://{}", e.addr());
+    }
+    println!(
+        "  agent     ext_proc grpc://{}  metrics http://{}",
+        stack.ext_proc(),
+        stack.metrics()
+    );
+    println!(
+        "  gateway   http://{}  (OpenAI API; try: curl http://{}/v1/models)\n",
+        stack.gateway(),
+        stack.gateway()
+    );
+
+    let client = Client::default();
+    let shape = Shape {
+        groups: 8,
+        per_group: 6,
+        prefix_bytes: 6000,
+        max_tokens: 8,
+    };
+    println!(
+        "Workload per strategy: {} requests, 8 tenants sharing ~1500-token system prompts, half streaming, 2 models, concurrency 8\n",
+        shape.groups * shape.per_group
+    );
+    println!(
+        "{:<17} {:>6} {:>10} {:>10} {:>10} {:>10}  requests per engine",
+        "strategy", "ok", "hit rate", "mean ms", "p99 ms", "TTFT ms"
+    );
+    for strategy in STRATEGIES {
+        let jobs = workload::shared_prefix(shape, &["qwen", "llama"], strategy);
+        let headers = [
+            ("routing-strategy", strategy.to_owned()),
+            ("x-session-id", String::new()),
+        ];
+        // Session affinity needs a session: one per tenant.
+        let outcomes = if strategy == "session-affinity" {
+            let mut all = Vec::new();
+            for group in 0..shape.groups {
+                let jobs: Vec<_> = jobs.iter().filter(|j| j.group == group).cloned().collect();
+                let h = [
+                    ("routing-strategy", strategy.to_owned()),
+                    ("x-session-id", format!("tenant-{group}")),
+                ];
+                all.extend(workload::run(&client, stack.gateway(), &jobs, 8, &h, None).await?);
+            }
+            all
+        } else {
+            workload::run(&client, stack.gateway(), &jobs, 8, &headers[..1], None).await?
+        };
+        let ok = outcomes.iter().filter(|o| o.status == 200).count();
+        let total = summarize(outcomes.iter().map(|o| o.total));
+        let ttft = summarize(outcomes.iter().map(|o| o.ttft));
+        let spread: Vec<String> = per_engine(&outcomes)
+            .into_iter()
+            .map(|(e, n)| format!("{e}:{n}"))
+            .collect();
+        println!(
+            "{:<17} {:>6} {:>9.0}% {:>10} {:>10} {:>10}  {}",
+            strategy,
+            format!("{ok}/{}", outcomes.len()),
+            hit_rate(&outcomes) * 100.0,
+            ms(total.mean_us),
+            ms(total.p99_us),
+            ms(ttft.mean_us),
+            spread.join(" ")
+        );
+    }
+    let metrics = client.get(stack.metrics(), "/metrics").await?.text();
+    let decisions =
+        metric_value(&metrics, "steer_decision_duration_seconds_count", &[]).unwrap_or(0.0);
+    let decision_sum =
+        metric_value(&metrics, "steer_decision_duration_seconds_sum", &[]).unwrap_or(0.0);
+    println!(
+        "\nagent decision time (body received → reply): mean {:.1} us over {decisions} decisions",
+        decision_sum / decisions.max(1.0) * 1e6
+    );
+    println!("\nWhere to look:");
+    println!(
+        "  curl -s http://{}/metrics | grep ^steer_     # decisions, latency, errors, per-pod state",
+        stack.metrics()
+    );
+    println!(
+        "  curl -s http://{}/readyz                      # mode (header-only), pools",
+        stack.metrics()
+    );
+    println!(
+        "  curl -s http://{}/v1/chat/completions -H 'routing-strategy: prefix-cache' \\\n       -d '{{\"model\":\"qwen\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}' -i",
+        stack.gateway()
+    );
+    if keep_running {
+        println!("\nRunning until Ctrl-C...");
+        std::future::pending::<()>().await;
+    }
+    drop(stack);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    println!("\nstopped engines, agent and gateway.");
+    Ok(())
+}
+
+fn port_pair_free(a: u16, b: u16) -> bool {
+    [a, b]
+        .iter()
+        .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}

@@ -1,0 +1,106 @@
+//! Shared-prefix chat workloads and their concurrent execution, used by the
+//! demo and the bench.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use steer_e2e::Client;
+use tokio::sync::Semaphore;
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub group: usize,
+    pub body: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: u16,
+    pub engine: String,
+    pub ttft: Duration,
+    pub total: Duration,
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub groups: usize,
+    pub per_group: usize,
+    /// Bytes of the shared system prompt (about 4 bytes per token).
+    pub prefix_bytes: usize,
+    pub max_tokens: u32,
+}
+
+/// `groups` families of requests that share a long system prompt, in
+/// round-robin order over the groups so families interleave as in real
+/// traffic. `salt` makes prompts unique per run so caches start cold.
+pub fn shared_prefix(shape: Shape, models: &[&str], salt: &str) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for i in 0..shape.per_group {
+        for group in 0..shape.groups {
+            let model = models[group % models.len()];
+            let seed =
+                format!("[{salt}] Tenant {group} instructions: follow policy section {group}. ");
+            let system: String = seed.repeat(shape.prefix_bytes / seed.len() + 1);
+            let stream = (i + group) % 2 == 0;
+            let body = serde_json::json!({
+                "model": model,
+                "messages": [
+                    {"role": "system", "content": &system[..shape.prefix_bytes]},
+                    {"role": "user", "content": format!("Question {i} for tenant {group}?")},
+                ],
+                "stream": stream,
+                "stream_options": {"include_usage": stream},
+                "max_tokens": shape.max_tokens,
+            })
+            .to_string();
+            jobs.push(Job { group, body });
+        }
+    }
+    jobs
+}
+
+/// Sends every job through `gateway` with at most `concurrency` in flight.
+/// `target` overrides routing (the oracle): job → engine address, sent
+/// straight to the engine.
+pub async fn run(
+    client: &Client,
+    gateway: SocketAddr,
+    jobs: &[Job],
+    concurrency: usize,
+    headers: &[(&'static str, String)],
+    target: Option<&(dyn Fn(&Job) -> SocketAddr + Sync)>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let permit = permits.clone().acquire_owned().await?;
+        let client = client.clone();
+        let job = job.clone();
+        let addr = target.map_or(gateway, |t| t(&job));
+        let headers = headers.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = client
+                .post(addr, "/v1/chat/completions", &h, job.body.clone())
+                .await?;
+            let number = |name: &str| reply.header(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+            Ok::<_, anyhow::Error>(Outcome {
+                status: reply.status,
+                engine: reply.header("x-mock-engine").unwrap_or("-").to_owned(),
+                ttft: reply.first_byte_after,
+                total: reply.total,
+                prompt_tokens: number("x-prompt-tokens"),
+                cached_tokens: number("x-prefix-cached-tokens"),
+            })
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await??);
+    }
+    Ok(out)
+}
