@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask setup | test | demo | bench`.
 
+mod bench;
 mod demo;
 mod setup;
 mod stats;
@@ -30,6 +31,9 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Measure decision overhead, agent CPU per decision and routing quality;
+    /// writes target/bench/bench.json and bench.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test => test::run(),
         Command::Demo { keep_running } => demo::run(keep_running),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

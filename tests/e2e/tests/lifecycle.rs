@@ -6,54 +6,35 @@ use steer_e2e::{Client, Proc, binary_dir, chat_body, metric_value, write_config}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_adds_and_removes_models() {
-    let stack = common::stack(&["a", "b"], "least-request").await;
+    // Both engines can serve a, b and c; the config decides what is routed.
+    let stack = common::stack(&["a,b,c", "a,b,c"], "least-request").await;
     let client = Client::default();
-    let first = client
-        .post(
-            stack.gateway(),
-            "/v1/chat/completions",
-            &[],
-            chat_body("b", "x", false, 1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(first.status, 200);
-    // Re-map: model "c" on engine 1, "b" removed.
-    write_config(
-        &stack.config,
-        "least-request",
-        &[
-            ("a", vec![stack.engines[0].addr()]),
-            ("c", vec![stack.engines[1].addr()]),
-        ],
-    )
-    .unwrap();
-    assert!(
-        common::eventually(10, || async {
+    let e0 = stack.engines[0].addr();
+    let e1 = stack.engines[1].addr();
+    let status_of = |model: &'static str| {
+        let client = client.clone();
+        let gw = stack.gateway();
+        async move {
             let r = client
-                .post(
-                    stack.gateway(),
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body("c", "x", false, 1),
-                )
+                .post(gw, "/v1/chat/completions", &[], chat_body(model, "x", false, 1))
                 .await
                 .unwrap();
-            r.status == 200 && r.header("x-mock-engine") == Some("engine-1")
-        })
-        .await,
+            (r.status, r.header("x-mock-engine").map(str::to_owned))
+        }
+    };
+    write_config(&stack.config, "least-request", &[("a", vec![e0]), ("b", vec![e1])]).unwrap();
+    assert!(
+        common::eventually(10, || async { status_of("c").await.0 == 404 }).await,
+        "c removed by the first reload"
+    );
+    assert_eq!(status_of("b").await, (200, Some("engine-1".into())));
+    // Add c on engine 1, drop b.
+    write_config(&stack.config, "least-request", &[("a", vec![e0]), ("c", vec![e1])]).unwrap();
+    assert!(
+        common::eventually(10, || async { status_of("c").await == (200, Some("engine-1".into())) }).await,
         "new model routable after reload"
     );
-    let gone = client
-        .post(
-            stack.gateway(),
-            "/v1/chat/completions",
-            &[],
-            chat_body("b", "x", false, 1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(gone.status, 404);
+    assert_eq!(status_of("b").await.0, 404);
     // A broken edit is rejected and the last good config keeps serving.
     std::fs::write(&stack.config, "models: [this is not a map\n").unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
