@@ -93,25 +93,8 @@ async fn demo(keep_running: bool) -> Result<()> {
     );
     for strategy in STRATEGIES {
         let jobs = workload::shared_prefix(shape, &["qwen", "llama"], strategy);
-        let headers = [
-            ("routing-strategy", strategy.to_owned()),
-            ("x-session-id", String::new()),
-        ];
-        // Session affinity needs a session: one per tenant.
-        let outcomes = if strategy == "session-affinity" {
-            let mut all = Vec::new();
-            for group in 0..shape.groups {
-                let jobs: Vec<_> = jobs.iter().filter(|j| j.group == group).cloned().collect();
-                let h = [
-                    ("routing-strategy", strategy.to_owned()),
-                    ("x-session-id", format!("tenant-{group}")),
-                ];
-                all.extend(workload::run(&client, stack.gateway(), &jobs, 8, &h, None).await?);
-            }
-            all
-        } else {
-            workload::run(&client, stack.gateway(), &jobs, 8, &headers[..1], None).await?
-        };
+        let headers = [("routing-strategy", strategy.to_owned())];
+        let outcomes = workload::run(&client, stack.gateway(), &jobs, 8, &headers, None).await?;
         let ok = outcomes.iter().filter(|o| o.status == 200).count();
         let total = summarize(outcomes.iter().map(|o| o.total));
         let ttft = summarize(outcomes.iter().map(|o| o.ttft));

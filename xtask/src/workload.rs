@@ -83,7 +83,11 @@ pub async fn run(
         let headers = headers.to_vec();
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let session = format!("tenant-{}", job.group);
+            // Every request carries its tenant's session id; only the
+            // session-affinity strategy looks at it.
+            let mut h: Vec<(&str, &str)> = vec![("x-session-id", &session)];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
             let reply = client
                 .post(addr, "/v1/chat/completions", &h, job.body.clone())
                 .await?;

@@ -16,22 +16,40 @@ async fn hot_reload_adds_and_removes_models() {
         let gw = stack.gateway();
         async move {
             let r = client
-                .post(gw, "/v1/chat/completions", &[], chat_body(model, "x", false, 1))
+                .post(
+                    gw,
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body(model, "x", false, 1),
+                )
                 .await
                 .unwrap();
             (r.status, r.header("x-mock-engine").map(str::to_owned))
         }
     };
-    write_config(&stack.config, "least-request", &[("a", vec![e0]), ("b", vec![e1])]).unwrap();
+    write_config(
+        &stack.config,
+        "least-request",
+        &[("a", vec![e0]), ("b", vec![e1])],
+    )
+    .unwrap();
     assert!(
         common::eventually(10, || async { status_of("c").await.0 == 404 }).await,
         "c removed by the first reload"
     );
     assert_eq!(status_of("b").await, (200, Some("engine-1".into())));
     // Add c on engine 1, drop b.
-    write_config(&stack.config, "least-request", &[("a", vec![e0]), ("c", vec![e1])]).unwrap();
+    write_config(
+        &stack.config,
+        "least-request",
+        &[("a", vec![e0]), ("c", vec![e1])],
+    )
+    .unwrap();
     assert!(
-        common::eventually(10, || async { status_of("c").await == (200, Some("engine-1".into())) }).await,
+        common::eventually(10, || async {
+            status_of("c").await == (200, Some("engine-1".into()))
+        })
+        .await,
         "new model routable after reload"
     );
     assert_eq!(status_of("b").await.0, 404);

@@ -8,9 +8,14 @@ use std::path::PathBuf;
 async fn openai_python_sdk_works_through_steer() {
     let python = std::env::var_os("STEER_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/steer-venv/bin/python"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/steer-venv/bin/python")
+        });
     if !python.exists() {
-        let msg = format!("openai SDK venv missing at {} (run `cargo xtask setup`)", python.display());
+        let msg = format!(
+            "openai SDK venv missing at {} (run `cargo xtask setup`)",
+            python.display()
+        );
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
         eprintln!("skipping: {msg}");
         return;

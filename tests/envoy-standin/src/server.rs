@@ -92,7 +92,10 @@ async fn forward_only(
         Err(e) => upstream::Reply::local(&e),
     };
     let mut response = Response::new(reply.body);
-    *response.status_mut() = reply.headers.status().unwrap_or(http::StatusCode::BAD_GATEWAY);
+    *response.status_mut() = reply
+        .headers
+        .status()
+        .unwrap_or(http::StatusCode::BAD_GATEWAY);
     *response.headers_mut() = reply.headers.to_http(true);
     response
 }

@@ -26,13 +26,35 @@ struct Case {
 pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     let scale = if args.quick { 5 } else { 1 };
     let cases = [
-        Case { name: "4 KiB, c1", body_bytes: 4 << 10, concurrency: 1, requests: 2000 / scale },
-        Case { name: "4 KiB, c256", body_bytes: 4 << 10, concurrency: 256, requests: 10_240 / scale },
-        Case { name: "220 KB, c150", body_bytes: 220_000, concurrency: 150, requests: 3000 / scale },
+        Case {
+            name: "4 KiB, c1",
+            body_bytes: 4 << 10,
+            concurrency: 1,
+            requests: 2000 / scale,
+        },
+        Case {
+            name: "4 KiB, c256",
+            body_bytes: 4 << 10,
+            concurrency: 256,
+            requests: 10_240 / scale,
+        },
+        Case {
+            name: "220 KB, c150",
+            body_bytes: 220_000,
+            concurrency: 150,
+            requests: 3000 / scale,
+        },
     ];
-    let fast: Vec<String> = ["--prefill-us-per-token", "0", "--decode-us-per-token", "0", "--max-running", "1024"]
-        .map(String::from)
-        .to_vec();
+    let fast: Vec<String> = [
+        "--prefill-us-per-token",
+        "0",
+        "--decode-us-per-token",
+        "0",
+        "--max-running",
+        "1024",
+    ]
+    .map(String::from)
+    .to_vec();
     let stack = Stack::start(StackOptions {
         profile: "release",
         engines: vec![("m".into(), fast)],
@@ -46,7 +68,12 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     // The same stand-in binary with ext_proc switched off, forwarding to the engine.
     let proxy = Proc::spawn(
         &binary_dir("release").join("envoy-standin"),
-        &["--listen".into(), "127.0.0.1:0".into(), "--static-upstream".into(), engine.to_string()],
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--static-upstream".into(),
+            engine.to_string(),
+        ],
         "listening on",
     )
     .await?;
@@ -66,10 +93,24 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
             drive(&client, addr, &body, case.concurrency, case.concurrency * 2).await?;
         }
         let cpu_before = cpu_time(agent_pid);
-        row.steer = drive(&client, stack.gateway(), &body, case.concurrency, case.requests).await?;
+        row.steer = drive(
+            &client,
+            stack.gateway(),
+            &body,
+            case.concurrency,
+            case.requests,
+        )
+        .await?;
         let cpu = cpu_time(agent_pid).saturating_sub(cpu_before);
         row.agent_cpu_us_per_decision = cpu.as_secs_f64() * 1e6 / case.requests as f64;
-        row.proxy = drive(&client, proxy.addr(), &body, case.concurrency, case.requests).await?;
+        row.proxy = drive(
+            &client,
+            proxy.addr(),
+            &body,
+            case.concurrency,
+            case.requests,
+        )
+        .await?;
         row.direct = drive(&client, engine, &body, case.concurrency, case.requests).await?;
         eprintln!("  {}: done", case.name);
         report.overhead.push(row);
@@ -101,9 +142,18 @@ async fn drive(
         let (client, next, body) = (client.clone(), next.clone(), body.clone());
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests && Instant::now() < deadline {
-                let reply = client.post(addr, "/v1/chat/completions", &[], body.clone()).await?;
-                anyhow::ensure!(reply.status == 200, "status {}: {}", reply.status, reply.text());
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests
+                && Instant::now() < deadline
+            {
+                let reply = client
+                    .post(addr, "/v1/chat/completions", &[], body.clone())
+                    .await?;
+                anyhow::ensure!(
+                    reply.status == 200,
+                    "status {}: {}",
+                    reply.status,
+                    reply.text()
+                );
                 samples.push(reply.total);
             }
             Ok::<_, anyhow::Error>(samples)
@@ -124,7 +174,12 @@ fn cpu_time(pid: u32) -> Duration {
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)

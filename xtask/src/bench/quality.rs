@@ -1,8 +1,6 @@
 //! (c) routing quality: TTFT and prefix hit rate per strategy on a
 //! shared-prefix workload, against an oracle that always picks the warm pod.
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 use steer_e2e::{Client, Stack, StackOptions};
 
@@ -11,7 +9,13 @@ use super::report::{QualityRow, Report};
 use crate::stats::{hit_rate, per_engine, summarize};
 use crate::workload::{self, Shape};
 
-const STRATEGIES: [&str; 5] = ["random", "round-robin", "least-request", "session-affinity", "prefix-cache"];
+const STRATEGIES: [&str; 5] = [
+    "random",
+    "round-robin",
+    "least-request",
+    "session-affinity",
+    "prefix-cache",
+];
 
 pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     // 8 tenants sharing ~4000-token system prompts on 4 engines; prefill
@@ -23,12 +27,21 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         max_tokens: 4,
     };
     let concurrency = 8;
-    let engine_args: Vec<String> = ["--prefill-us-per-token", "50", "--decode-us-per-token", "500", "--max-running", "4"]
-        .map(String::from)
-        .to_vec();
+    let engine_args: Vec<String> = [
+        "--prefill-us-per-token",
+        "50",
+        "--decode-us-per-token",
+        "500",
+        "--max-running",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec();
     let stack = Stack::start(StackOptions {
         profile: "release",
-        engines: (0..4).map(|_| ("m".to_owned(), engine_args.clone())).collect(),
+        engines: (0..4)
+            .map(|_| ("m".to_owned(), engine_args.clone()))
+            .collect(),
         default_strategy: "least-request".into(),
         standin_args: Vec::new(),
         agent_args: Vec::new(),
@@ -42,31 +55,21 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     // The oracle sends each tenant straight to "its" engine: perfect affinity.
     let jobs = workload::shared_prefix(shape, &["m"], "oracle");
     let oracle = |job: &workload::Job| engines[job.group % engines.len()];
-    let outcomes = workload::run(&client, stack.gateway(), &jobs, concurrency, &[], Some(&oracle)).await?;
+    let outcomes = workload::run(
+        &client,
+        stack.gateway(),
+        &jobs,
+        concurrency,
+        &[],
+        Some(&oracle),
+    )
+    .await?;
     rows.push(row("oracle (warm pod)", &outcomes));
     for strategy in STRATEGIES {
         let jobs = workload::shared_prefix(shape, &["m"], strategy);
-        let mut outcomes = Vec::new();
-        if strategy == "session-affinity" {
-            // One session per tenant, tenants interleaved as in the other runs.
-            let sessions: HashMap<usize, String> = (0..shape.groups).map(|g| (g, format!("tenant-{g}"))).collect();
-            for chunk in jobs.chunks(shape.groups) {
-                let mut tasks = Vec::new();
-                for job in chunk {
-                    let headers = [("routing-strategy", strategy.to_owned()), ("x-session-id", sessions[&job.group].clone())];
-                    let (client, gateway, job) = (client.clone(), stack.gateway(), job.clone());
-                    tasks.push(tokio::spawn(async move {
-                        workload::run(&client, gateway, &[job], 1, &headers, None).await
-                    }));
-                }
-                for t in tasks {
-                    outcomes.extend(t.await??);
-                }
-            }
-        } else {
-            let headers = [("routing-strategy", strategy.to_owned())];
-            outcomes = workload::run(&client, stack.gateway(), &jobs, concurrency, &headers, None).await?;
-        }
+        let headers = [("routing-strategy", strategy.to_owned())];
+        let outcomes =
+            workload::run(&client, stack.gateway(), &jobs, concurrency, &headers, None).await?;
         rows.push(row(strategy, &outcomes));
         eprintln!("  quality {strategy}: done");
     }
