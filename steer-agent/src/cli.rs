@@ -55,6 +55,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:9090", env = "STEER_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
 
+    /// Runtime threads. 1 (default) runs everything on one event loop, like an
+    /// Envoy worker; raise it only if one core is not enough.
+    #[arg(long, default_value_t = 1, env = "STEER_THREADS")]
+    pub threads: usize,
+
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub reload_interval_ms: u64,

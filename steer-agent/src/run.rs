@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use futures::StreamExt;
 
 use crate::cli::RunArgs;
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
@@ -141,7 +142,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let service = ExternalProcessorServer::new(ExtProcService::new(shared))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(ext_proc_listener);
+    // tonic's own tcp_nodelay applies only to listeners it binds itself.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(ext_proc_listener).map(|conn| {
+        conn.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    });
     serving.store(true, Ordering::Relaxed);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

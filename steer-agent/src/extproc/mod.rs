@@ -6,6 +6,8 @@ mod headers;
 mod reply;
 mod server;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 pub use error::RequestError;
 pub use server::{ExtProcService, Shared};

@@ -205,3 +205,63 @@ async fn least_request_avoids_a_busy_pod() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
+    // Engine 0 has a tiny KV cache and decodes slowly: one long request fills it.
+    let mut opts = common::opts(&["m", "m"], "least-kv-cache");
+    opts.engines[0].1 = [
+        "--decode-us-per-token",
+        "20000",
+        "--prefill-us-per-token",
+        "0",
+        "--kv-blocks-total",
+        "64",
+    ]
+    .map(String::from)
+    .to_vec();
+    let stack = steer_e2e::Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    let prompt = "fill the cache ".repeat(200);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        if !held.is_empty() {
+            break;
+        }
+        let (client, gw, prompt) = (client.clone(), stack.gateway(), prompt.clone());
+        held.push(tokio::spawn(async move {
+            client
+                .post(
+                    gw,
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body("m", &prompt, true, 200),
+                )
+                .await
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        held.retain(|t| !t.is_finished());
+    }
+    assert!(!held.is_empty(), "could not fill the slow pod's cache");
+    let engine0 = stack.engines[0].addr().to_string();
+    let metrics = stack.metrics();
+    assert!(
+        common::eventually(5, || async {
+            let m = client.get(metrics, "/metrics").await.unwrap().text();
+            steer_e2e::metric_value(&m, "steer_pod_kv_cache_usage", &[("pod", &engine0)])
+                .unwrap_or(0.0)
+                > 0.5
+        })
+        .await,
+        "scraped KV usage of the full pod"
+    );
+    let hits = engines_hit(&stack, "least-kv-cache", 10, &[]).await;
+    assert_eq!(
+        hits.get("engine-1"),
+        Some(&10),
+        "full-cache pod avoided: {hits:?}"
+    );
+    for t in held {
+        t.abort();
+    }
+}

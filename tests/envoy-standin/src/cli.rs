@@ -66,6 +66,10 @@ pub struct Args {
     #[arg(long)]
     pub debug_headers: bool,
 
+    /// Worker threads, like Envoy's --concurrency (1 = one event loop).
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+
     /// Benchmark baseline: skip ext_proc entirely and forward every request to this ip:port
     /// (the same proxy path with the ext_proc filter removed).
     #[arg(long, value_name = "IP:PORT")]

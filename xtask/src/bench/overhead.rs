@@ -79,6 +79,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     .await?;
     let client = Client::default();
     let agent_pid = stack.agent.pid().unwrap_or(0);
+    let engine_pid = stack.engines[0].pid().unwrap_or(0);
 
     for case in cases {
         let body = sized_body(case.body_bytes);
@@ -92,7 +93,8 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         for addr in [engine, proxy.addr(), stack.gateway()] {
             drive(&client, addr, &body, case.concurrency, case.concurrency * 2).await?;
         }
-        let cpu_before = cpu_time(agent_pid);
+        let (user_before, sys_before) = cpu_time(agent_pid);
+        let engine_before = cpu_time(engine_pid);
         row.steer = drive(
             &client,
             stack.gateway(),
@@ -101,8 +103,14 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
             case.requests,
         )
         .await?;
-        let cpu = cpu_time(agent_pid).saturating_sub(cpu_before);
-        row.agent_cpu_us_per_decision = cpu.as_secs_f64() * 1e6 / case.requests as f64;
+        let (user, sys) = cpu_time(agent_pid);
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / case.requests as f64;
+        row.agent_user_us_per_decision = per(user.saturating_sub(user_before));
+        row.agent_sys_us_per_decision = per(sys.saturating_sub(sys_before));
+        let engine_after = cpu_time(engine_pid);
+        row.engine_cpu_us_per_request = per(
+            (engine_after.0 + engine_after.1).saturating_sub(engine_before.0 + engine_before.1)
+        );
         row.proxy = drive(
             &client,
             proxy.addr(),
@@ -166,10 +174,10 @@ async fn drive(
     Ok(summarize(all))
 }
 
-/// User + system CPU time of a process, from /proc.
-fn cpu_time(pid: u32) -> Duration {
+/// (user, system) CPU time of a process, from /proc.
+fn cpu_time(pid: u32) -> (Duration, Duration) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     };
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -182,5 +190,6 @@ fn cpu_time(pid: u32) -> Duration {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / hz)
+    let secs = |t: u64| Duration::from_secs_f64(t as f64 / hz);
+    (secs(ticks(11)), secs(ticks(12)))
 }

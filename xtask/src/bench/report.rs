@@ -15,7 +15,11 @@ pub struct OverheadRow {
     pub direct: Summary,
     pub proxy: Summary,
     pub steer: Summary,
-    pub agent_cpu_us_per_decision: f64,
+    pub agent_user_us_per_decision: f64,
+    pub agent_sys_us_per_decision: f64,
+    /// The mock engine's CPU per request on the same run: a yardstick for
+    /// what one HTTP exchange costs on this machine.
+    pub engine_cpu_us_per_request: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -50,11 +54,11 @@ impl Report {
 
     fn markdown(&self) -> String {
         let mut md = String::from("## Decision overhead (latency per request, µs)\n\n");
-        md.push_str("| case | direct p50 | proxy p50 | steer p50 | **agent-added p50** | proxy p99 | steer p99 | **agent-added p99** | steer mean − proxy mean | agent CPU µs/decision |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| case | direct p50 | proxy p50 | steer p50 | **agent-added p50** | proxy p99 | steer p99 | **agent-added p99** | steer mean − proxy mean | agent CPU µs/decision (user + sys) | engine CPU µs/request |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.overhead {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.1} |",
+                "| {} | {:.0} | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} + {:.0} | {:.0} |",
                 r.case,
                 r.direct.p50_us,
                 r.proxy.p50_us,
@@ -64,7 +68,9 @@ impl Report {
                 r.steer.p99_us,
                 r.steer.p99_us - r.proxy.p99_us,
                 r.steer.mean_us - r.proxy.mean_us,
-                r.agent_cpu_us_per_decision,
+                r.agent_user_us_per_decision,
+                r.agent_sys_us_per_decision,
+                r.engine_cpu_us_per_request,
             );
         }
         md.push_str("\ndirect = client → engine; proxy = client → Envoy stand-in → engine (no ext_proc); steer = client → stand-in ⇄ steer-agent (ext_proc) → engine. Targets: agent-added p50 ≤ 100 µs, p99 ≤ 1 ms at 4 KiB; ≤ 5 ms mean at 220 KB/c150; ≤ 25 µs CPU per decision.\n");

@@ -1,0 +1,221 @@
+//! The ext_proc state machine driven message by message, without I/O.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+};
+
+use super::headers::{header_map, value_of};
+use super::{Shared, StreamState};
+use crate::config::{FileConfig, Settings};
+use crate::pool::Pools;
+use crate::router::Router;
+use crate::telemetry::Metrics;
+
+fn shared() -> Arc<Shared> {
+    let file: FileConfig = serde_yaml::from_str(
+        "max_body_bytes: 1000\nmodels:\n  m:\n    endpoints: [\"10.0.0.1:8000\", \"10.0.0.2:8000\"]\n",
+    )
+    .unwrap();
+    let pools = Arc::new(Pools::new(Settings::resolve(Some(file), &[]).unwrap()));
+    Arc::new(Shared {
+        router: Router::new(pools.clone()),
+        metrics: Metrics::new(pools),
+    })
+}
+
+fn headers(eos: bool, extra: &[(&str, &str)]) -> Request {
+    let mut pairs = vec![(":method", "POST"), (":path", "/v1/chat/completions")];
+    pairs.extend_from_slice(extra);
+    Request::RequestHeaders(HttpHeaders {
+        headers: Some(header_map(&pairs)),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+fn body(data: &str, eos: bool) -> Request {
+    Request::RequestBody(HttpBody {
+        body: data.as_bytes().to_vec(),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+fn send(
+    state: &mut StreamState,
+    request: Request,
+    mode: Option<BodySendMode>,
+) -> Vec<ProcessingResponse> {
+    let mut out = Vec::new();
+    let message = ProcessingRequest {
+        request: Some(request),
+        protocol_config: mode.map(|m| ProtocolConfiguration {
+            request_body_mode: m as i32,
+            response_body_mode: BodySendMode::Streamed as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    state.on_message(message, &mut out);
+    out
+}
+
+fn set_header<'a>(reply: &'a ProcessingResponse, key: &str) -> Option<&'a str> {
+    let common = match reply.response.as_ref()? {
+        Response::RequestHeaders(h) | Response::ResponseHeaders(h) => h.response.as_ref()?,
+        Response::RequestBody(b) | Response::ResponseBody(b) => b.response.as_ref()?,
+        _ => return None,
+    };
+    common
+        .header_mutation
+        .as_ref()?
+        .set_headers
+        .iter()
+        .filter_map(|o| o.header.as_ref())
+        .find(|h| h.key == key)
+        .map(value_of)
+}
+
+fn status(reply: &ProcessingResponse) -> Option<i32> {
+    match reply.response.as_ref()? {
+        Response::ImmediateResponse(i) => i.status.map(|s| s.code),
+        _ => None,
+    }
+}
+
+const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn buffered_routes_in_the_body_reply_and_ignores_a_repeated_final_chunk() {
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &[]), Some(BodySendMode::Buffered));
+    assert!(matches!(r[0].response, Some(Response::RequestHeaders(_))));
+    assert!(set_header(&r[0], "target-pod").is_none());
+    let r = send(&mut s, body(CHAT, true), None);
+    assert_eq!(r.len(), 1);
+    let target = set_header(&r[0], "target-pod").unwrap().to_owned();
+    assert_eq!(
+        set_header(&r[0], "x-gateway-destination-endpoint"),
+        Some(target.as_str())
+    );
+    assert_eq!(set_header(&r[0], "x-gateway-model-name"), Some("m"));
+    assert!(r[0].dynamic_metadata.is_some());
+    assert_eq!(s.decision().unwrap().member.endpoint.in_flight(), 1);
+    // Envoy 1.35+ may deliver the final chunk twice: answered, not re-routed.
+    let r = send(&mut s, body(CHAT, true), None);
+    assert_eq!(r.len(), 1);
+    assert!(set_header(&r[0], "target-pod").is_none());
+    let endpoint = s.decision().unwrap().member.endpoint.clone();
+    assert_eq!(endpoint.in_flight(), 1);
+    drop(s);
+    assert_eq!(
+        endpoint.in_flight(),
+        0,
+        "in-flight released when the stream ends"
+    );
+}
+
+#[test]
+fn full_duplex_holds_the_headers_reply_until_the_body_ends() {
+    let mut s = StreamState::new(shared());
+    let mode = Some(BodySendMode::FullDuplexStreamed);
+    assert!(send(&mut s, headers(false, &[]), mode).is_empty());
+    let (a, b) = CHAT.split_at(20);
+    assert!(send(&mut s, body(a, false), mode).is_empty());
+    let r = send(&mut s, body(b, true), mode);
+    assert_eq!(r.len(), 2);
+    assert!(matches!(r[0].response, Some(Response::RequestHeaders(_))));
+    assert!(set_header(&r[0], "target-pod").is_some());
+    let Some(Response::RequestBody(reply)) = &r[1].response else {
+        panic!("body reply expected");
+    };
+    let mutation = reply
+        .response
+        .as_ref()
+        .unwrap()
+        .body_mutation
+        .as_ref()
+        .unwrap();
+    let Some(
+        envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation::StreamedResponse(
+            streamed,
+        ),
+    ) = &mutation.mutation
+    else {
+        panic!("streamed body expected");
+    };
+    assert_eq!(streamed.body, CHAT.as_bytes());
+    assert!(streamed.end_of_stream);
+}
+
+#[test]
+fn streamed_mode_asks_envoy_to_buffer() {
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &[]), Some(BodySendMode::Streamed));
+    let mode = r[0].mode_override.as_ref().expect("mode_override");
+    assert_eq!(mode.request_body_mode, BodySendMode::Buffered as i32);
+}
+
+#[test]
+fn limits_and_errors_end_the_stream_with_one_immediate_response() {
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &[("content-length", "5000")]), None);
+    assert_eq!(status(&r[0]), Some(413));
+    assert!(
+        send(&mut s, body(CHAT, true), None).is_empty(),
+        "nothing after an immediate response"
+    );
+
+    let mut s = StreamState::new(shared());
+    send(&mut s, headers(false, &[]), Some(BodySendMode::Streamed));
+    let big = "x".repeat(600);
+    assert_eq!(send(&mut s, body(&big, false), None).len(), 1);
+    let r = send(&mut s, body(&big, true), None);
+    assert_eq!(
+        status(&r[0]),
+        Some(413),
+        "accumulated chunks count against the limit"
+    );
+
+    for (extra, text, code) in [
+        (vec![], "{", 400),
+        (vec![("routing-strategy", "nope")], CHAT, 400),
+        (vec![], r#"{"model":"other"}"#, 404),
+    ] {
+        let mut s = StreamState::new(shared());
+        send(&mut s, headers(false, &extra), None);
+        let r = send(&mut s, body(text, true), None);
+        assert_eq!(status(&r[0]), Some(code), "{text}");
+    }
+}
+
+#[test]
+fn bodiless_models_list_and_missing_model() {
+    let mut s = StreamState::new(shared());
+    let mut out = Vec::new();
+    s.on_message(
+        ProcessingRequest {
+            request: Some(Request::RequestHeaders(HttpHeaders {
+                headers: Some(header_map(&[(":method", "GET"), (":path", "/v1/models")])),
+                end_of_stream: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        },
+        &mut out,
+    );
+    let Some(Response::ImmediateResponse(models)) = &out[0].response else {
+        panic!("immediate response expected");
+    };
+    let json: serde_json::Value = serde_json::from_slice(&models.body).unwrap();
+    assert_eq!(json["data"][0]["id"], "m");
+
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(true, &[]), None);
+    assert_eq!(status(&r[0]), Some(400));
+}
