@@ -173,8 +173,8 @@ async fn least_request_avoids_a_busy_pod() {
     .to_vec();
     let stack = steer_e2e::Stack::start(opts).await.unwrap();
     let client = Client::default();
-    // Send long streams until three of them are running on the slow pod
-    // (those routed to the fast pod finish at once).
+    // Send long streams round-robin until three of them are running on the
+    // slow pod (those routed to the fast pod finish at once).
     let mut held = Vec::new();
     for _ in 0..40 {
         if held.len() >= 3 {
@@ -186,7 +186,7 @@ async fn least_request_avoids_a_busy_pod() {
                 .post(
                     gw,
                     "/v1/chat/completions",
-                    &[],
+                    &[("routing-strategy", "round-robin")],
                     chat_body("m", "long", true, 200),
                 )
                 .await
