@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::PoolFlag;
+use crate::config::{DatapathMode, PoolFlag};
 
 /// Steer: a node-local LLM traffic steerer for Envoy.
 ///
@@ -27,6 +27,23 @@ pub enum Command {
     ///
     /// Example: steer-agent run --pool qwen=127.0.0.1:8001,127.0.0.1:8002
     Run(RunArgs),
+    /// Print the pinned eBPF tables: VIPs and their chosen pod, per-pod kernel
+    /// RTT and traffic, program counters.
+    Maps {
+        #[arg(long, default_value = steer_ebpf_abi::PIN_DIR)]
+        pin_dir: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what the eBPF datapath needs (kernel, BTF, bpffs, cgroup v2,
+    /// privileges, embedded object) and say what is missing.
+    Doctor {
+        #[arg(long, default_value = steer_ebpf_abi::PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -59,6 +76,33 @@ pub struct RunArgs {
     /// Envoy worker; raise it only if one core is not enough.
     #[arg(long, default_value_t = 1, env = "STEER_THREADS")]
     pub threads: usize,
+
+    /// eBPF datapath: auto (use it when possible), off (header-only),
+    /// required (fail to start without it).
+    #[arg(long, value_enum)]
+    pub datapath: Option<DatapathMode>,
+
+    /// Where maps and links are pinned (on bpffs).
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
+
+    /// cgroup v2 directory whose processes get VIP steering and latency
+    /// measurement (default: the cgroup v2 root).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Interface whose per-pod traffic TC counts; repeatable.
+    #[arg(long = "tc-interface", value_name = "IFACE")]
+    pub tc_interfaces: Vec<String>,
+
+    /// Redirect node-local socket pairs with sk_msg (off by default).
+    #[arg(long)]
+    pub sk_msg: bool,
+
+    /// On clean shutdown, detach the eBPF programs and remove the pins
+    /// (default: leave them so steering survives a restart).
+    #[arg(long)]
+    pub unpin: bool,
 
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod datapath;
 pub mod extproc;
 pub mod openai;
 pub mod pool;

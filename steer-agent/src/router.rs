@@ -76,6 +76,7 @@ impl Router {
             }
             Strategy::LeastRequest => routing::least_request(&views, tie),
             Strategy::LeastKvCache => routing::least_kv_cache(&views, tie),
+            Strategy::LeastLatency => routing::least_latency(&views, tie),
             Strategy::SessionAffinity => match req.session {
                 Some(session) => routing::session_affinity(
                     &views,
@@ -99,6 +100,12 @@ impl Router {
         };
         let member = members[chosen].clone();
         member.counters.decisions[strategy.index()].fetch_add(1, Ordering::Relaxed);
+        if pool.vip.is_some() {
+            // Connection-level traffic to the VIP follows the same choice;
+            // the kernel table is written off this path.
+            pool.vip_choice.store(member.endpoint.id, Ordering::Relaxed);
+            self.pools.vip_dirty.notify_one();
+        }
         Ok(Decision {
             pool: pool.clone(),
             in_flight: member.endpoint.start(),

@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use crate::cli::RunArgs;
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
+use crate::datapath::Datapath;
 use crate::extproc::{ExtProcService, Shared};
 use crate::pool::{Pools, Scraper};
 use crate::router::Router;
@@ -30,11 +31,27 @@ pub enum RunError {
     },
     #[error("ext_proc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("eBPF datapath required but unavailable: {0}")]
+    Datapath(#[from] crate::datapath::DatapathError),
 }
 
 pub fn load_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
     let file = args.config.as_deref().map(FileConfig::load).transpose()?;
     let mut settings = Settings::resolve(file, &args.pools)?;
+    let d = &mut settings.datapath;
+    if let Some(mode) = args.datapath {
+        d.mode = mode;
+    }
+    if let Some(dir) = &args.bpf_pin_dir {
+        d.pin_dir = dir.clone();
+    }
+    if let Some(cgroup) = &args.cgroup {
+        d.cgroup = Some(cgroup.clone());
+    }
+    if !args.tc_interfaces.is_empty() {
+        d.interfaces = args.tc_interfaces.clone();
+    }
+    d.sk_msg |= args.sk_msg;
     if let Some(name) = &args.default_strategy {
         settings.default_strategy =
             name.parse()
@@ -54,8 +71,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         );
     }
     let max_message = settings.max_body_bytes + GRPC_OVERHEAD;
+    let datapath_settings = settings.datapath.clone();
     let pools = Arc::new(Pools::new(settings));
     let metrics = Metrics::new(pools.clone());
+    let datapath = Arc::new(Datapath::start(&datapath_settings, &pools)?);
+    metrics.register_datapath(&datapath);
     let shared = Arc::new(Shared {
         router: Router::new(pools.clone()),
         metrics: metrics.clone(),
@@ -64,7 +84,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     scraper.reconcile();
 
     if let Some(path) = args.config.clone() {
-        let (shared, scraper) = (shared.clone(), scraper.clone());
+        let (shared, scraper, datapath) = (shared.clone(), scraper.clone(), datapath.clone());
         let period = Duration::from_millis(args.reload_interval_ms.max(50));
         let default_override = args.default_strategy.clone();
         tokio::spawn(watch_file(
@@ -79,6 +99,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     }
                     let removed = shared.router.pools().update(settings);
                     shared.router.forget_pods(&removed);
+                    datapath.sync_pods_now(shared.router.pools());
                     scraper.reconcile();
                     shared.metrics.config_reloads.inc();
                     tracing::info!(
@@ -106,7 +127,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         metrics: metrics.clone(),
         pools: pools.clone(),
         serving: serving.clone(),
-        mode: "header-only",
+        mode: datapath.mode.clone(),
     };
     let ext_proc_addr = ext_proc_listener
         .local_addr()
@@ -122,9 +143,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             addr: args.metrics_addr,
             source,
         })?;
-    tracing::warn!(
-        "eBPF datapath not active: header-only mode (routing via target-pod / x-gateway-destination-endpoint headers)"
-    );
     tracing::info!(
         %ext_proc_addr,
         %metrics_addr,
@@ -156,6 +174,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
+    datapath.shutdown(args.unpin);
     tracing::info!("steer-agent stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod setup_ebpf;
 mod stats;
 mod test;
 mod workload;

@@ -13,6 +13,7 @@ pub fn venv_python() -> PathBuf {
 
 pub fn run() -> Result<()> {
     rust_components()?;
+    crate::setup_ebpf::run()?;
     python_sdk()?;
     Ok(())
 }

@@ -2,12 +2,16 @@
 //! silently fall back to a default.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, ModelSettings, PrefixSettings, ScrapeSettings, Settings, parse_endpoint};
+use super::{
+    ConfigError, DatapathMode, DatapathSettings, ModelSettings, PrefixSettings, ScrapeSettings,
+    Settings, parse_endpoint,
+};
 use crate::routing::{PrefixParams, Strategy};
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -23,6 +27,18 @@ pub struct FileConfig {
     pub scrape: ScrapeEntry,
     #[serde(default)]
     pub prefix_cache: PrefixEntry,
+    #[serde(default)]
+    pub datapath: DatapathEntry,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatapathEntry {
+    pub mode: Option<String>,
+    pub pin_dir: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    pub interfaces: Option<Vec<String>>,
+    pub sk_msg: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -31,6 +47,9 @@ pub struct ModelEntry {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub strategy: Option<String>,
+    /// IPv4 VIP:PORT for kernel (connect4) steering.
+    #[serde(default)]
+    pub vip: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -119,11 +138,24 @@ impl FileConfig {
                 .as_deref()
                 .map(|s| strategy(format!("models.{name}.strategy"), s))
                 .transpose()?;
+            let vip = entry
+                .vip
+                .as_deref()
+                .map(|v| {
+                    v.trim().parse::<SocketAddrV4>().map_err(|_| {
+                        invalid(
+                            format!("models.{name}.vip"),
+                            format!("`{v}` is not an IPv4 VIP:PORT (e.g. 10.96.0.10:8000)"),
+                        )
+                    })
+                })
+                .transpose()?;
             models.insert(
                 name,
                 ModelSettings {
                     endpoints,
                     strategy,
+                    vip,
                 },
             );
         }
@@ -179,7 +211,26 @@ impl FileConfig {
                 imbalance_rel,
             },
         };
+        let d = self.datapath;
+        let defaults = DatapathSettings::default();
+        let mode = match d.mode.as_deref() {
+            None => defaults.mode,
+            Some(m) => <DatapathMode as clap::ValueEnum>::from_str(m, true).map_err(|_| {
+                invalid(
+                    "datapath.mode".into(),
+                    format!("`{m}`: expected auto, off or required"),
+                )
+            })?,
+        };
+        let datapath = DatapathSettings {
+            mode,
+            pin_dir: d.pin_dir.unwrap_or(defaults.pin_dir),
+            cgroup: d.cgroup,
+            interfaces: d.interfaces.unwrap_or_default(),
+            sk_msg: d.sk_msg.unwrap_or(false),
+        };
         Ok(Settings {
+            datapath,
             default_strategy,
             models,
             max_body_bytes: positive(

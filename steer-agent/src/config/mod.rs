@@ -5,7 +5,7 @@ mod file;
 mod reload;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,12 +41,51 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub scrape: ScrapeSettings,
     pub prefix: PrefixSettings,
+    pub datapath: DatapathSettings,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSettings {
     pub endpoints: Vec<SocketAddr>,
     pub strategy: Option<Strategy>,
+    /// Virtual address whose connections the kernel steers to the chosen pod.
+    pub vip: Option<SocketAddrV4>,
+}
+
+/// Whether the eBPF datapath must, may or must not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DatapathMode {
+    /// Use eBPF when the kernel and privileges allow; header-only otherwise.
+    #[default]
+    Auto,
+    /// Header-only: never touch the kernel.
+    Off,
+    /// Refuse to start without the eBPF datapath.
+    Required,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatapathSettings {
+    pub mode: DatapathMode,
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory whose processes are steered; None = the root.
+    pub cgroup: Option<PathBuf>,
+    /// Interfaces whose per-pod traffic TC counts.
+    pub interfaces: Vec<String>,
+    /// sk_msg socket-to-socket acceleration of node-local pairs.
+    pub sk_msg: bool,
+}
+
+impl Default for DatapathSettings {
+    fn default() -> Self {
+        Self {
+            mode: DatapathMode::Auto,
+            pin_dir: PathBuf::from(steer_ebpf_abi::PIN_DIR),
+            cgroup: None,
+            interfaces: Vec::new(),
+            sk_msg: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,12 +146,15 @@ impl Settings {
     pub fn resolve(file: Option<FileConfig>, flags: &[PoolFlag]) -> Result<Self, ConfigError> {
         let mut settings = file.unwrap_or_default().into_settings()?;
         for flag in flags {
-            let strategy = settings.models.get(&flag.model).and_then(|m| m.strategy);
+            let model = settings.models.get(&flag.model);
+            let strategy = model.and_then(|m| m.strategy);
+            let vip = model.and_then(|m| m.vip);
             settings.models.insert(
                 flag.model.clone(),
                 ModelSettings {
                     endpoints: flag.endpoints.clone(),
                     strategy,
+                    vip,
                 },
             );
         }

@@ -7,9 +7,9 @@
 //! counts and scraped metrics survive reloads.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -26,6 +26,10 @@ pub struct ModelPool {
     pub strategy: Option<Strategy>,
     pub members: Vec<Member>,
     pub round_robin: AtomicU64,
+    /// Kernel-steered virtual address of this model, if configured.
+    pub vip: Option<SocketAddrV4>,
+    /// Endpoint id of the last decision, for the VIP's kernel table.
+    pub vip_choice: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -55,6 +59,8 @@ pub struct Pools {
     current: ArcSwap<Snapshot>,
     // Only the (rare) rebuild takes this lock; readers never do.
     registry: Mutex<Registry>,
+    /// Woken when a decision or pool change may alter a VIP's kernel table.
+    pub vip_dirty: tokio::sync::Notify,
 }
 
 impl Pools {
@@ -64,6 +70,7 @@ impl Pools {
         Self {
             current: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
+            vip_dirty: tokio::sync::Notify::new(),
         }
     }
 
@@ -82,6 +89,7 @@ impl Pools {
         let snapshot = registry.build(settings, generation);
         let removed = registry.prune(&snapshot);
         self.current.store(Arc::new(snapshot));
+        self.vip_dirty.notify_one();
         removed
     }
 }
@@ -113,6 +121,8 @@ impl Registry {
                 strategy: model.strategy,
                 members,
                 round_robin: AtomicU64::new(0),
+                vip: model.vip,
+                vip_choice: AtomicU32::new(0),
             };
             models.insert(name.clone(), Arc::new(pool));
         }

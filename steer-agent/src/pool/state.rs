@@ -20,6 +20,8 @@ pub struct EndpointState {
     kv_usage_bits: AtomicU32,
     ready: AtomicBool,
     scrape_failures: AtomicU32,
+    /// Kernel (sock_ops) smoothed RTT in µs; 0 until sampled.
+    kernel_srtt_us: AtomicU32,
 }
 
 impl EndpointState {
@@ -38,6 +40,7 @@ impl EndpointState {
             // requests after start-up are served.
             ready: AtomicBool::new(true),
             scrape_failures: AtomicU32::new(0),
+            kernel_srtt_us: AtomicU32::new(0),
         }
     }
 
@@ -49,7 +52,16 @@ impl EndpointState {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             kv_usage: self.kv_usage(),
+            latency_us: self.kernel_srtt_us(),
         }
+    }
+
+    pub fn kernel_srtt_us(&self) -> u32 {
+        self.kernel_srtt_us.load(Ordering::Relaxed)
+    }
+
+    pub fn set_kernel_srtt_us(&self, us: u32) {
+        self.kernel_srtt_us.store(us, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {

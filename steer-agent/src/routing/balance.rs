@@ -13,9 +13,17 @@ pub fn round_robin(pods: &[PodView], tick: u64) -> usize {
     (tick % pods.len() as u64) as usize
 }
 
-/// Fewest requests in flight from this agent plus the engine's own queue.
+/// Fewest requests in flight from this agent plus the engine's own queue;
+/// among equally loaded pods the one the kernel measures closer wins.
 pub fn least_request(pods: &[PodView], tie: u64) -> usize {
-    min_by_key(pods, tie, |_, p| p.load())
+    min_by_key(pods, tie, |_, p| (p.load(), p.latency_us))
+}
+
+/// Lowest kernel-measured RTT. A pod not measured yet goes first (so it gets
+/// measured); load breaks ties. Without the eBPF datapath every pod is
+/// unmeasured and this is least-request.
+pub fn least_latency(pods: &[PodView], tie: u64) -> usize {
+    min_by_key(pods, tie, |_, p| (p.latency_us, p.load()))
 }
 
 /// Lowest KV-cache usage; load breaks ties so idle pods fill evenly.
@@ -93,6 +101,23 @@ mod tests {
         assert_eq!(least_request(&pods, 0), 0);
         assert_eq!(least_request(&pods, 1), 2);
         assert_eq!(least_request(&pods, 2), 0);
+    }
+
+    #[test]
+    fn least_latency_prefers_the_closest_pod_and_explores_unmeasured_ones() {
+        let mut pods = [pod(1, 0, 0, 0.0), pod(2, 5, 0, 0.0), pod(3, 0, 0, 0.0)];
+        pods[0].latency_us = 900;
+        pods[1].latency_us = 40;
+        pods[2].latency_us = 300;
+        assert_eq!(least_latency(&pods, 0), 1, "closest wins despite load");
+        pods[2].latency_us = 0;
+        assert_eq!(least_latency(&pods, 0), 2, "unmeasured pod gets measured");
+        // least-request uses latency only between equally loaded pods.
+        let mut pods = [pod(1, 1, 0, 0.0), pod(2, 1, 0, 0.0), pod(3, 2, 0, 0.0)];
+        pods[0].latency_us = 500;
+        pods[1].latency_us = 50;
+        pods[2].latency_us = 1;
+        assert_eq!(least_request(&pods, 0), 1);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-pub use balance::{least_kv_cache, least_request, random, round_robin, session_affinity};
+pub use balance::{
+    least_kv_cache, least_latency, least_request, random, round_robin, session_affinity,
+};
 pub use prefix::{BlockHasher, PrefixParams, prefix_cache};
 pub use prefix_index::PrefixIndex;
 
@@ -32,6 +34,8 @@ pub struct PodView {
     pub waiting: u32,
     /// KV-cache usage 0..1 from the last scrape.
     pub kv_usage: f32,
+    /// Kernel-measured smoothed RTT to the pod in µs; 0 = not measured yet.
+    pub latency_us: u32,
 }
 
 impl PodView {
@@ -48,6 +52,7 @@ pub enum Strategy {
     LeastKvCache,
     PrefixCache,
     SessionAffinity,
+    LeastLatency,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,21 +60,23 @@ pub enum Strategy {
 pub struct UnknownStrategy(pub String);
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Self::Random,
         Self::RoundRobin,
         Self::LeastRequest,
         Self::LeastKvCache,
         Self::PrefixCache,
         Self::SessionAffinity,
+        Self::LeastLatency,
     ];
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "random",
         "round-robin",
         "least-request",
         "least-kv-cache",
         "prefix-cache",
         "session-affinity",
+        "least-latency",
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +127,7 @@ pub(crate) mod test_support {
             in_flight,
             waiting,
             kv_usage,
+            latency_us: 0,
         }
     }
 }

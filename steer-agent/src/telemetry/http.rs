@@ -18,8 +18,7 @@ pub struct AdminState {
     pub pools: Arc<Pools>,
     /// Set once the ext_proc listener is bound.
     pub serving: Arc<AtomicBool>,
-    /// "header-only" until the eBPF datapath is active.
-    pub mode: &'static str,
+    pub mode: crate::datapath::Mode,
 }
 
 pub async fn serve_admin(
@@ -54,7 +53,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let serving = state.serving.load(Ordering::Relaxed);
     let body = serde_json::json!({
         "ready": serving,
-        "mode": state.mode,
+        "mode": state.mode.name(),
+        "datapath_reason": match &state.mode {
+            crate::datapath::Mode::HeaderOnly { reason } => Some(reason.as_str()),
+            crate::datapath::Mode::Kernel => None,
+        },
         "config_generation": snapshot.generation,
         "models": snapshot.models.len(),
         "pods": snapshot.endpoints.len(),

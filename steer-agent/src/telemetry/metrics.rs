@@ -110,6 +110,30 @@ impl Metrics {
         })
     }
 
+    /// Adds the datapath's metrics and the `steer_datapath_mode` gauge.
+    pub fn register_datapath(&self, datapath: &crate::datapath::Datapath) {
+        let mode = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "steer_datapath_mode",
+                "1 for the active datapath mode (kernel or header-only).",
+            ),
+            &["mode"],
+        )
+        .expect("static options are valid");
+        mode.with_label_values(&[datapath.mode.name()]).set(1);
+        let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![Box::new(mode)];
+        if let Some(kernel) = &datapath.kernel {
+            collectors.push(Box::new(super::kernel_collector::KernelCollector::new(
+                kernel.clone(),
+            )));
+        }
+        for collector in collectors {
+            if let Err(error) = self.registry.register(collector) {
+                tracing::warn!(%error, "registering datapath metrics failed");
+            }
+        }
+    }
+
     pub fn error(&self, kind: ErrorKind) {
         if let Some(counter) = self.errors.get(kind as usize) {
             counter.inc();

@@ -1,6 +1,7 @@
 //! Prometheus metrics, the `/metrics` `/healthz` `/readyz` server, and logs.
 
 mod http;
+mod kernel_collector;
 mod metrics;
 mod pool_collector;
 

@@ -4,6 +4,7 @@
 //! byte.
 
 pub mod client;
+pub mod netlab;
 pub mod procs;
 
 pub use client::{Client, Reply};

@@ -66,12 +66,18 @@ impl Proc {
     /// Starts `bin` and waits (bounded) for a stdout line containing
     /// `ready_marker`; every `ip:port` on that line is recorded.
     pub async fn spawn(bin: &Path, args: &[String], ready_marker: &str) -> Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Self::spawn_command(cmd, bin, ready_marker).await
+    }
+
+    /// Like [`Proc::spawn`] for a prepared command (netns, cgroup, capsh).
+    pub async fn spawn_command(mut cmd: Command, bin: &Path, ready_marker: &str) -> Result<Self> {
         let name = bin
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut child = Command::new(bin)
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,260 @@
+//! A small network of test hosts for privileged datapath tests: each "pod"
+//! is a network namespace joined to the host by a veth pair, plus a cgroup
+//! for the steered clients and a private bpffs pin directory. Everything is
+//! removed when the lab is dropped, also when a test fails.
+
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Whether privileged tests can run; under CI they must (the caller fails).
+pub fn privileged() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    if cgroup2_root().is_none() {
+        return Err("no cgroup v2 mount".into());
+    }
+    if !Path::new("/sys/fs/bpf").exists() {
+        return Err("no /sys/fs/bpf".into());
+    }
+    Ok(())
+}
+
+/// Skips (prints why) outside CI; panics under `CI=true`.
+pub fn require_privileges(test: &str) -> bool {
+    match privileged() {
+        Ok(()) => true,
+        Err(reason) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{test}: privileged test cannot run under CI: {reason}"
+            );
+            eprintln!("skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub netns: String,
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub ip: Ipv4Addr,
+}
+
+impl Pod {
+    /// `nsenter` prefix that runs a command inside this pod's netns without
+    /// hiding /sys/fs/bpf (unlike `ip netns exec`).
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(program);
+        cmd
+    }
+
+    /// Slows the host -> pod direction of the link to `kbit` with a token
+    /// bucket. (This kernel has no netem: delay comes from queueing behind
+    /// traffic that fills the bucket, i.e. a congested link.)
+    pub fn shape_link(&self, kbit: u32) -> Result<()> {
+        run(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &self.host_if,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{kbit}kbit"),
+                "burst",
+                "4kb",
+                "latency",
+                "200ms",
+            ],
+        )
+    }
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub tag: String,
+    pub pods: Vec<Pod>,
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl Lab {
+    /// `pods` namespaces on 10.200.<n>.0/24 (lab-unique n), a cgroup and a pin dir.
+    pub fn new(pods: usize) -> Result<Self> {
+        assert!(pods <= 2, "subnet plan holds two pods per lab");
+        static LABS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let lab_no = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+        let pid = std::process::id();
+        // Unique per process and per lab: tests run labs in parallel.
+        let tag = format!("st{}x{lab_no}", pid % 10_000);
+        let subnet_base = (pid % 10) as u8 * 20 + lab_no * 2;
+        let cgroup = cgroup2_root()
+            .context("cgroup2")?
+            .join(format!("steer-test-{tag}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/steer-test-{tag}"));
+        let mut lab = Self {
+            tag: tag.clone(),
+            pods: Vec::new(),
+            cgroup,
+            pin_dir,
+        };
+        lab.cleanup();
+        std::fs::create_dir_all(&lab.cgroup).context("creating test cgroup")?;
+        for i in 0..pods {
+            let n = subnet_base + i as u8 + 20;
+            let pod = Pod {
+                netns: format!("{tag}p{i}"),
+                host_if: format!("{tag}h{i}"),
+                host_ip: Ipv4Addr::new(10, 200, n, 1),
+                ip: Ipv4Addr::new(10, 200, n, 2),
+            };
+            let ns = format!("--net=/run/netns/{}", pod.netns);
+            run("ip", &["netns", "add", &pod.netns])?;
+            lab.pods.push(pod.clone());
+            run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    &pod.host_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &pod.netns,
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", pod.host_ip),
+                    "dev",
+                    &pod.host_if,
+                ],
+            )?;
+            run("ip", &["link", "set", &pod.host_if, "up"])?;
+            run(
+                "nsenter",
+                &[
+                    &ns,
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", pod.ip),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            run("nsenter", &[&ns, "ip", "link", "set", "eth0", "up"])?;
+            run("nsenter", &[&ns, "ip", "link", "set", "lo", "up"])?;
+            run(
+                "nsenter",
+                &[
+                    &ns,
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &pod.host_ip.to_string(),
+                ],
+            )?;
+        }
+        Ok(lab)
+    }
+
+    /// A VIP on pod 0's link: if steering ever failed, a connect to it stays
+    /// on our own veth (nothing leaves the host).
+    pub fn vip(&self, port: u16) -> std::net::SocketAddrV4 {
+        let ip = self.pods[0].host_ip.octets();
+        std::net::SocketAddrV4::new(Ipv4Addr::new(ip[0], ip[1], ip[2], 250), port)
+    }
+
+    /// Makes `cmd` start inside the lab cgroup (steered by connect4).
+    pub fn in_cgroup(&self, cmd: &mut Command) {
+        let procs = self.cgroup.join("cgroup.procs");
+        // SAFETY: only async-signal-safe work (open/write/close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+    }
+
+    pub fn in_cgroup_tokio(&self, cmd: &mut tokio::process::Command) {
+        let procs = self.cgroup.join("cgroup.procs");
+        // SAFETY: as above.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+    }
+
+    fn cleanup(&self) {
+        // Processes left in the cgroup would keep it busy.
+        if let Ok(procs) = std::fs::read_to_string(self.cgroup.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "Drop is synchronous; runs once per lab"
+            )]
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = Command::new("rm").arg("-rf").arg(&self.pin_dir).status();
+        for i in 0..8 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{}p{i}", self.tag)])
+                .output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}h{i}", self.tag)])
+                .output();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
