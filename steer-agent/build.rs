@@ -31,15 +31,18 @@ fn main() {
 
     match toolchain_problem() {
         Some(problem) => {
+            if required {
+                eprintln!(
+                    "error: {REQUIRE}=1 but the eBPF programs cannot be built: {problem}. \
+                     Run `cargo xtask setup` to install rust-src and bpf-linker."
+                );
+                std::process::exit(1);
+            }
             let message = format!(
                 "eBPF datapath disabled: {problem}; the agent will run header-only. \
                  Run `cargo xtask setup` to install rust-src and bpf-linker \
-                 (set {REQUIRE}=1 to make this an error)"
+                 ({REQUIRE}=1 makes this an error)"
             );
-            if required {
-                eprintln!("error: {message}");
-                std::process::exit(1);
-            }
             println!("cargo:warning={message}");
             // Rebuild once a bpf-linker appears: adding a file changes the
             // mtime of its PATH directory.
@@ -71,15 +74,7 @@ fn build(object: &Path, required: bool) {
     if let Some(linker) = which("bpf-linker") {
         println!("cargo:rerun-if-changed={}", linker.display());
     }
-    // SAFETY: the build script is single-threaded here; only the nested
-    // cargo (spawned by aya-build) sees the variable.
-    // CARGO_TERM_QUIET: aya-build turns every stderr line of the nested
-    // cargo ("Compiling core ...") into a cargo:warning; compiler errors and
-    // warnings still come through its JSON messages.
-    unsafe {
-        env::set_var("RUSTC_BOOTSTRAP", "1");
-        env::set_var("CARGO_TERM_QUIET", "true");
-    }
+    nested_build_env();
     let root_dir = ebpf_dir.to_str().expect("UTF-8 path");
     // The object must not be stale if aya-build skips (AYA_BUILD_SKIP=1).
     let _ = fs::remove_file(object);
@@ -96,6 +91,23 @@ fn build(object: &Path, required: bool) {
         assert!(!required, "{REQUIRE}=1 but no eBPF object was built");
         println!("cargo:warning=eBPF build skipped: the agent will run header-only");
         write_empty(object);
+    }
+}
+
+/// Environment of the nested cargo: aya-build reads `RUSTC_BOOTSTRAP` from
+/// this process (then passes `-Z build-std=core`) and the child inherits both.
+/// `CARGO_TERM_QUIET`: aya-build turns every stderr line of the nested cargo
+/// ("Compiling core ...") into a cargo:warning; compiler errors and warnings
+/// still come through its JSON messages.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the build script is single-threaded until aya-build spawns the nested cargo"
+)]
+fn nested_build_env() {
+    // SAFETY: no other thread exists yet.
+    unsafe {
+        env::set_var("RUSTC_BOOTSTRAP", "1");
+        env::set_var("CARGO_TERM_QUIET", "true");
     }
 }
 

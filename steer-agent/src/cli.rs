@@ -26,7 +26,7 @@ pub enum Command {
     /// Serve ext_proc and metrics until SIGINT/SIGTERM.
     ///
     /// Example: steer-agent run --pool qwen=127.0.0.1:8001,127.0.0.1:8002
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the pinned eBPF tables: VIPs and their chosen pod, per-pod kernel
     /// RTT and traffic, program counters.
     Maps {

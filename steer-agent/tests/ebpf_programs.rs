@@ -566,9 +566,6 @@ fn tc_counts_pod_traffic_on_loopback() {
         }
     }
 
-    if std::env::var_os("STEER_DEBUG_PAUSE").is_some() {
-        thread::sleep(Duration::from_secs(5));
-    }
     let port = tcp_echo();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream

@@ -170,7 +170,8 @@ pub fn steer_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: reading a local.
     let index = unsafe { read_volatile(&index) };
     if index >= MAX_BACKENDS {
-        return SOCK_ADDR_ALLOW;
+        // Unreachable; refuse rather than let the VIP onto the network.
+        return SOCK_ADDR_REJECT;
     }
     // SAFETY: index < MAX_BACKENDS; map value valid during the run.
     let backend = unsafe { *addr_of!((*table).backends[index]) };
@@ -271,12 +272,11 @@ pub fn steer_sockops(ctx: SockOpsContext) -> u32 {
         _pad: 0,
     };
     match op {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            if STEER_PODS.get_ptr(pod).is_some() {
-                let _ = ctx.set_cb_flags(
-                    (ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32,
-                );
-            }
+        BPF_SOCK_OPS_TCP_CONNECT_CB if STEER_PODS.get_ptr(pod).is_some() => {
+            // RTT samples and the SYN_SENT -> CLOSE transition of failed connects.
+            let _ = ctx.set_cb_flags(
+                (ctx.cb_flags() | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32,
+            );
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             if STEER_PODS.get_ptr(pod).is_some() {
@@ -434,13 +434,13 @@ fn count_traffic(ctx: &TcContext, egress: bool) {
 #[classifier]
 pub fn steer_tc_ingress(ctx: TcContext) -> i32 {
     count_traffic(&ctx, false);
-    TC_ACT_PIPE as i32
+    TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn steer_tc_egress(ctx: TcContext) -> i32 {
     count_traffic(&ctx, true);
-    TC_ACT_PIPE as i32
+    TC_ACT_PIPE
 }
 
 #[cfg(not(test))]

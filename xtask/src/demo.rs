@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use steer_e2e::{Client, Stack, StackOptions, metric_value};
 
+use crate::kernel_demo::KernelDemo;
 use crate::stats::{hit_rate, ms, per_engine, summarize};
 use crate::workload::{self, Shape};
 
@@ -34,6 +35,7 @@ pub fn run(keep_running: bool) -> Result<()> {
 }
 
 async fn demo(keep_running: bool) -> Result<()> {
+    crate::setup::run()?;
     eprintln!("building release binaries (first run takes a few minutes)...");
     steer_e2e::ensure_built("release")?;
     // Realistic-ish engine: 50 us per uncached prompt token, 1 ms per output token.
@@ -48,7 +50,8 @@ async fn demo(keep_running: bool) -> Result<()> {
     .map(String::from)
     .to_vec();
     let ports = port_pair_free(9002, 9090).then_some((9002, 9090));
-    let stack = Stack::start(StackOptions {
+    let kernel = KernelDemo::prepare();
+    let mut options = StackOptions {
         profile: "release",
         engines: (0..4)
             .map(|_| ("qwen,llama".to_owned(), engine_args.clone()))
@@ -57,8 +60,12 @@ async fn demo(keep_running: bool) -> Result<()> {
         standin_args: Vec::new(),
         agent_args: Vec::new(),
         agent_ports: ports,
-    })
-    .await?;
+        ..Default::default()
+    };
+    if let Some(k) = &kernel {
+        k.configure(&mut options);
+    }
+    let stack = Stack::start(options).await?;
     println!(
         "Steer demo: 4 mock vLLM engines (models qwen, llama), steer-agent, Envoy stand-in — all on loopback"
     );
@@ -135,11 +142,18 @@ async fn demo(keep_running: bool) -> Result<()> {
         "  curl -s http://{}/v1/chat/completions -H 'routing-strategy: prefix-cache' \\\n       -d '{{\"model\":\"qwen\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}' -i",
         stack.gateway()
     );
+    if let Some(k) = &kernel {
+        k.show(&stack, &client).await?;
+    }
     if keep_running {
         println!("\nRunning until Ctrl-C...");
         std::future::pending::<()>().await;
     }
-    drop(stack);
+    // SIGTERM lets the agent detach its programs and remove its pins (--unpin).
+    stack.shutdown().await;
+    if let Some(k) = kernel {
+        k.cleanup();
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     println!("\nstopped engines, agent and gateway.");
     Ok(())

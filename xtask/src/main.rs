@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod kernel_demo;
 mod setup;
 mod setup_ebpf;
 mod stats;
@@ -32,9 +33,32 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
-    /// Measure decision overhead, agent CPU per decision and routing quality;
-    /// writes target/bench/bench.json and bench.md.
+    /// Measure decision overhead, agent CPU per decision, routing quality and
+    /// (as root) the kernel datapath; writes target/bench/bench.json and bench.md.
     Bench(bench::BenchArgs),
+    /// Bench helper: N connect()+close to ADDR, per-connect ns as JSON.
+    #[command(name = "__connect-loop", hide = true)]
+    ConnectLoop {
+        addr: std::net::SocketAddrV4,
+        count: usize,
+    },
+    /// Bench helper: N handshakes + N GET /health to ADDR, ns as JSON.
+    #[command(name = "__rtt-probe", hide = true)]
+    RttProbe {
+        addr: std::net::SocketAddr,
+        count: usize,
+    },
+    /// Bench helper: TCP echo server (prints `listening on ADDR`).
+    #[command(name = "__echo-server", hide = true)]
+    EchoServer { addr: std::net::SocketAddr },
+    /// Bench helper: N request-response round trips to an echo server.
+    #[command(name = "__ping-pong", hide = true)]
+    PingPong {
+        addr: std::net::SocketAddr,
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         Command::Test => test::run(),
         Command::Demo { keep_running } => demo::run(keep_running),
         Command::Bench(args) => bench::run(args),
+        Command::ConnectLoop { addr, count } => bench::probes::connect_loop(addr, count),
+        Command::RttProbe { addr, count } => bench::probes::rtt_probe(addr, count),
+        Command::EchoServer { addr } => bench::probes::echo_server(addr),
+        Command::PingPong { addr, count, size } => bench::probes::ping_pong(addr, count, size),
     }
 }
 

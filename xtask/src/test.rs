@@ -1,26 +1,34 @@
 //! The one test command (README, `.ci/run`).
 
+use std::process::Command;
+
 use anyhow::Result;
 
-use crate::{cargo, setup, sh};
+use crate::{cargo, root, setup};
 
 pub fn run() -> Result<()> {
     setup::run()?;
     let cargo = cargo();
-    sh(&cargo, &["fmt", "--all", "--", "--check"])?;
-    sh(
-        &cargo,
-        &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
-    )?;
-    sh(&cargo, &["build", "--bins", "--quiet"])?;
-    // The SDK test finds the venv's Python through this variable.
     let python = setup::venv_python();
-    eprintln!("+ STEER_PYTHON={} cargo test", python.display());
-    let status = std::process::Command::new(&cargo)
-        .args(["test", "--no-fail-fast"])
-        .env("STEER_PYTHON", &python)
-        .current_dir(crate::root())
-        .status()?;
-    anyhow::ensure!(status.success(), "tests failed: {status}");
-    Ok(())
+    let step = |args: &[&str]| -> Result<()> {
+        eprintln!("+ cargo {}", args.join(" "));
+        let status = Command::new(&cargo)
+            .args(args)
+            .current_dir(root())
+            // Prove the eBPF object builds: never a silent header-only build here.
+            .env("STEER_REQUIRE_EBPF", "1")
+            // The openai SDK test finds the venv's Python through this.
+            .env("STEER_PYTHON", &python)
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "cargo {} failed: {status}",
+            args.join(" ")
+        );
+        Ok(())
+    };
+    step(&["fmt", "--all", "--", "--check"])?;
+    step(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
+    step(&["build", "--bins", "--quiet"])?;
+    step(&["test", "--no-fail-fast"])
 }

@@ -108,3 +108,13 @@ pub async fn run(
     }
     Ok(out)
 }
+
+/// A one-token chat request for `model`.
+pub fn tiny_chat(model: &str) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 1,
+    })
+    .to_string()
+}

@@ -101,14 +101,12 @@ impl KernelDatapath {
         ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|e| load_err(name, e))?;
+            // First in the TCX chain: a program before us returning TC_ACT_OK
+            // would end the chain and hide traffic from the counters.
             for iface in &settings.interfaces {
                 let what = format!("{name} on {iface}");
                 let id = prog
-                    .attach_with_options(
-                        iface,
-                        kind,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
+                    .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::first()))
                     .map_err(|e| attach_err(&what, e))?;
                 let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&what, e))?)
                     .map_err(|e| attach_err(&what, e))?;

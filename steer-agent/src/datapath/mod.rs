@@ -84,7 +84,7 @@ impl Datapath {
                 };
                 datapath.sync_pods_now(pools);
                 sync::spawn(kernel, pools.clone());
-                return Ok(datapath);
+                Ok(datapath)
             }
             Err(error) if settings.mode == DatapathMode::Auto => {
                 Ok(Self::header_only(error.to_string()))

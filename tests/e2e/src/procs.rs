@@ -127,6 +127,11 @@ impl Proc {
 
     /// SIGTERM, then wait (bounded) for a clean exit.
     pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        self.stop().await
+    }
+
+    /// Like [`Proc::terminate`] without giving up the handle.
+    pub async fn stop(&mut self) -> Option<std::process::ExitStatus> {
         if let Some(pid) = self.child.id() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -144,6 +149,17 @@ pub fn write_config(
     default_strategy: &str,
     models: &[(&str, Vec<SocketAddr>)],
 ) -> Result<()> {
+    write_config_with(path, default_strategy, models, &[], "")
+}
+
+/// Like [`write_config`], with model VIPs and raw top-level YAML appended.
+pub fn write_config_with(
+    path: &Path,
+    default_strategy: &str,
+    models: &[(&str, Vec<SocketAddr>)],
+    vips: &[(String, String)],
+    extra_yaml: &str,
+) -> Result<()> {
     let mut yaml = format!(
         "default_strategy: {default_strategy}\nscrape:\n  interval_ms: 50\n  timeout_ms: 300\n  unhealthy_after: 2\nmodels:\n"
     );
@@ -153,7 +169,11 @@ pub fn write_config(
             "  {model}:\n    endpoints: [{}]\n",
             list.join(", ")
         ));
+        if let Some((_, vip)) = vips.iter().find(|(m, _)| m == model) {
+            yaml.push_str(&format!("    vip: \"{vip}\"\n"));
+        }
     }
+    yaml.push_str(extra_yaml);
     // Write then rename so a watching agent never reads a half-written file.
     let tmp = path.with_extension("yaml.tmp");
     std::fs::write(&tmp, yaml)?;
@@ -161,7 +181,7 @@ pub fn write_config(
     Ok(())
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct StackOptions {
     pub profile: &'static str,
     /// Per engine: (models served, comma-separated; extra mock-engine args).
@@ -171,6 +191,12 @@ pub struct StackOptions {
     pub agent_args: Vec<String>,
     /// Fixed agent (ext_proc, metrics) ports instead of ephemeral ones.
     pub agent_ports: Option<(u16, u16)>,
+    /// (model, "ip:port") kernel-steered VIPs.
+    pub vips: Vec<(String, String)>,
+    /// Raw top-level YAML appended to the config (e.g. a `datapath:` section).
+    pub extra_config: String,
+    /// Start the agent inside this cgroup (its connections are then measured).
+    pub agent_cgroup: Option<PathBuf>,
 }
 
 /// Engines + agent + stand-in on loopback, with a config file the test can
@@ -215,7 +241,13 @@ impl Stack {
             }
         }
         let config = dir.join("steer.yaml");
-        write_config(&config, &opts.default_strategy, &models)?;
+        write_config_with(
+            &config,
+            &opts.default_strategy,
+            &models,
+            &opts.vips,
+            &opts.extra_config,
+        )?;
         let (ext_proc_port, metrics_port) = opts.agent_ports.unwrap_or((0, 0));
         let mut agent_args: Vec<String> = vec![
             "run".into(),
@@ -229,9 +261,18 @@ impl Stack {
             "100".into(),
         ];
         agent_args.extend(opts.agent_args.iter().cloned());
-        let agent = Proc::spawn(
+        let mut agent_cmd = Command::new(bins.join("steer-agent"));
+        agent_cmd.args(&agent_args);
+        if let Some(cgroup) = &opts.agent_cgroup {
+            let procs = cgroup.join("cgroup.procs");
+            // SAFETY: only open/write/close between fork and exec.
+            unsafe {
+                agent_cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+            }
+        }
+        let agent = Proc::spawn_command(
+            agent_cmd,
             &bins.join("steer-agent"),
-            &agent_args,
             "steer-agent listening",
         )
         .await?;
@@ -270,6 +311,14 @@ impl Stack {
         self.engines
             .iter()
             .position(|e| e.addr().to_string() == addr)
+    }
+}
+
+impl Stack {
+    /// Stops the agent with SIGTERM (so it can unpin and exit cleanly)
+    /// before everything else is killed on drop.
+    pub async fn shutdown(mut self) -> Option<std::process::ExitStatus> {
+        self.agent.stop().await
     }
 }
 

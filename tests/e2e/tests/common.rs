@@ -14,6 +14,7 @@ pub fn opts(models: &[&str], default_strategy: &str) -> StackOptions {
         standin_args: vec!["--debug-headers".into()],
         agent_args: Vec::new(),
         agent_ports: None,
+        ..Default::default()
     }
 }
 
