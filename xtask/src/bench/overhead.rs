@@ -62,6 +62,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         standin_args: Vec::new(),
         agent_args: Vec::new(),
         agent_ports: None,
+        ..Default::default()
     })
     .await?;
     let engine = stack.engines[0].addr();

@@ -46,6 +46,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         standin_args: Vec::new(),
         agent_args: Vec::new(),
         agent_ports: None,
+        ..Default::default()
     })
     .await?;
     let client = Client::default();
