@@ -135,7 +135,7 @@ async fn demo(keep_running: bool) -> Result<()> {
         stack.metrics()
     );
     println!(
-        "  curl -s http://{}/readyz                      # mode (header-only), pools",
+        "  curl -s http://{}/readyz                      # datapath mode (kernel / header-only), pools",
         stack.metrics()
     );
     println!(
