@@ -1,7 +1,6 @@
 //! The demo's kernel half (root only): model VIPs steered by connect4 for
 //! processes in a demo cgroup, kernel RTT per pod, and where to look.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -76,7 +75,12 @@ impl KernelDemo {
                 .await?;
             let chosen = routed.header("x-mock-engine").unwrap_or("?").to_owned();
             tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-            let answers: Vec<String> = (0..3).map(|_| self.curl(vip)).collect();
+            let vip_addr = vip.parse()?;
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                let who = steer_e2e::netlab::engine_behind(vip_addr, Some(&self.cgroup)).await;
+                answers.push(who.unwrap_or_else(|e| format!("no answer ({e})")));
+            }
             println!(
                 "  {model:<6} VIP {vip}: agent chose {chosen}; 3 plain connects from the demo cgroup reached {}",
                 answers.join(", ")
@@ -95,36 +99,6 @@ impl KernelDemo {
             self.pin_dir.display()
         );
         Ok(())
-    }
-
-    /// `curl` from inside the demo cgroup: which engine answered.
-    fn curl(&self, vip: &str) -> String {
-        let procs = self.cgroup.join("cgroup.procs");
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-s",
-            "-m",
-            "2",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            &format!("http://{vip}/health"),
-        ]);
-        // SAFETY: only open/write/close between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-        }
-        cmd.output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout).lines().find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("x-mock-engine:")
-                        .map(|v| v.trim().to_owned())
-                })
-            })
-            .unwrap_or_else(|| "no answer".into())
     }
 
     pub fn cleanup(self) {

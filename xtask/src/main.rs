@@ -48,6 +48,9 @@ enum Command {
         addr: std::net::SocketAddr,
         count: usize,
     },
+    /// Bench helper: connect-benchmark listener (prints `listening on ADDR`).
+    #[command(name = "__listener", hide = true)]
+    Listener { addr: std::net::SocketAddr },
     /// Bench helper: TCP echo server (prints `listening on ADDR`).
     #[command(name = "__echo-server", hide = true)]
     EchoServer { addr: std::net::SocketAddr },
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::ConnectLoop { addr, count } => bench::probes::connect_loop(addr, count),
         Command::RttProbe { addr, count } => bench::probes::rtt_probe(addr, count),
+        Command::Listener { addr } => bench::probes::listener(addr),
         Command::EchoServer { addr } => bench::probes::echo_server(addr),
         Command::PingPong { addr, count, size } => bench::probes::ping_pong(addr, count, size),
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use steer_ebpf_abi::{self as abi, Addr4, COUNTER_NAMES, PodLatency, PodTraffic, VipBackends};
 
 use super::DatapathError;
-use super::stats::{merge_latency, merge_traffic};
+use super::stats::{PodKernelStats, merge_latency, merge_traffic};
 use super::tables::from_addr4;
 
 #[derive(Debug, Serialize)]
@@ -22,14 +22,8 @@ pub struct VipRow {
 #[derive(Debug, Serialize)]
 pub struct PodRow {
     pub pod: SocketAddrV4,
-    pub srtt_us: u32,
-    pub rtt_samples: u64,
-    pub connects: u64,
-    pub failed_connects: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
+    #[serde(flatten)]
+    pub stats: PodKernelStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,14 +98,17 @@ pub fn dump(pin_dir: &Path) -> Result<Dump, DatapathError> {
             .unwrap_or_default();
         pod_rows.push(PodRow {
             pod: from_addr4(key),
-            srtt_us: lat.srtt_us,
-            rtt_samples: lat.samples,
-            connects: lat.connects,
-            failed_connects: lat.failed_connects,
-            tx_bytes: tr.tx_bytes,
-            tx_packets: tr.tx_packets,
-            rx_bytes: tr.rx_bytes,
-            rx_packets: tr.rx_packets,
+            stats: PodKernelStats {
+                srtt_us: lat.srtt_us,
+                rtt_samples: lat.samples,
+                last_update_ns: lat.last_update_ns,
+                connects: lat.connects,
+                failed_connects: lat.failed_connects,
+                tx_bytes: tr.tx_bytes,
+                tx_packets: tr.tx_packets,
+                rx_bytes: tr.rx_bytes,
+                rx_packets: tr.rx_packets,
+            },
         });
     }
     pod_rows.sort_by_key(|r| r.pod);
@@ -171,12 +168,12 @@ impl Dump {
                 out,
                 "  {:<22} {:>9} {:>9} {:>9} {:>7} {:>12} {:>12}",
                 p.pod.to_string(),
-                p.srtt_us,
-                p.rtt_samples,
-                p.connects,
-                p.failed_connects,
-                p.tx_bytes,
-                p.rx_bytes
+                p.stats.srtt_us,
+                p.stats.rtt_samples,
+                p.stats.connects,
+                p.stats.failed_connects,
+                p.stats.tx_bytes,
+                p.stats.rx_bytes
             );
         }
         out.push_str("\nCounters\n");

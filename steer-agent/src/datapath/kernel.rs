@@ -70,31 +70,28 @@ impl KernelDatapath {
 
         let links_dir = pin_dir.join("links");
         let mut attached = Vec::new();
+        // aya gives each program type its own attach/take_link; the steps are the same.
+        macro_rules! attach_to_cgroup {
+            ($ty:ty, $name:expr) => {{
+                let name = $name;
+                let prog: &mut $ty = program(&mut ebpf, name)?;
+                prog.load().map_err(|e| load_err(name, e))?;
+                let id = prog
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .map_err(|e| attach_err(name, e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
+                let link = FdLink::try_from(link).map_err(|e| attach_err(name, e))?;
+                attached.push((name.to_owned(), link));
+            }};
+        }
         for name in [
             abi::PROG_CONNECT4,
             abi::PROG_GETPEERNAME4,
             abi::PROG_RECVMSG4,
         ] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_err(name, e))?;
-            let id = prog
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(|e| attach_err(name, e))?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                .map_err(|e| attach_err(name, e))?;
-            attached.push((name.to_owned(), link));
+            attach_to_cgroup!(CgroupSockAddr, name);
         }
-        {
-            let name = abi::PROG_SOCKOPS;
-            let prog: &mut SockOps = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_err(name, e))?;
-            let id = prog
-                .attach(&cgroup_file, CgroupAttachMode::Single)
-                .map_err(|e| attach_err(name, e))?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                .map_err(|e| attach_err(name, e))?;
-            attached.push((name.to_owned(), link));
-        }
+        attach_to_cgroup!(SockOps, abi::PROG_SOCKOPS);
         for (name, kind) in [
             (abi::PROG_TC_INGRESS, TcAttachType::Ingress),
             (abi::PROG_TC_EGRESS, TcAttachType::Egress),

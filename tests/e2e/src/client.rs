@@ -125,6 +125,22 @@ impl Client {
         self.request("POST", addr, path, headers, body).await
     }
 
+    /// A one-token, non-streaming chat completion for `model`.
+    pub async fn chat(
+        &self,
+        addr: SocketAddr,
+        model: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply> {
+        let body = crate::chat_body(model, "x", false, 1);
+        self.post(addr, "/v1/chat/completions", headers, body).await
+    }
+
+    /// The Prometheus text of an agent's `/metrics`.
+    pub async fn metrics(&self, addr: SocketAddr) -> Result<String> {
+        Ok(self.get(addr, "/metrics").await?.text())
+    }
+
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Reply> {
         self.request("GET", addr, path, &[], Bytes::new()).await
     }

@@ -258,3 +258,39 @@ pub fn run(program: &str, args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Which mock engine answers `GET /health` at `addr` (its `x-mock-engine`
+/// header), asked by `curl` started inside `cgroup` when given (so the
+/// kernel's connect4 steering applies), or the failure.
+pub async fn engine_behind(
+    addr: std::net::SocketAddrV4,
+    cgroup: Option<&Path>,
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-m",
+        "2",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        &format!("http://{addr}/health"),
+    ]);
+    if let Some(cgroup) = cgroup {
+        let procs = cgroup.join("cgroup.procs");
+        // SAFETY: only open/write/close between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+    }
+    let out = cmd.output().await.map_err(|e| e.to_string())?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-mock-engine:")
+                .map(|v| v.trim().to_owned())
+        })
+        .ok_or_else(|| format!("curl exit {:?}", out.status.code()))
+}

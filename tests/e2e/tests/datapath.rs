@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use steer_e2e::netlab::{Lab, require_privileges};
+use steer_e2e::netlab::{Lab, engine_behind, require_privileges};
 use steer_e2e::{Client, Proc, binary_dir, chat_body, ensure_built, metric_value};
 
 struct Rig {
@@ -98,31 +98,9 @@ impl Rig {
         .unwrap()
     }
 
-    /// `curl` to `addr` from inside (or outside) the lab cgroup: the engine
-    /// name that answered, or the curl failure.
+    /// Which engine answers at `addr`, asked from inside (or outside) the lab cgroup.
     async fn who_answers(&self, addr: SocketAddrV4, in_cgroup: bool) -> Result<String, String> {
-        let mut cmd = tokio::process::Command::new("curl");
-        cmd.args([
-            "-s",
-            "-m",
-            "2",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            &format!("http://{addr}/health"),
-        ]);
-        if in_cgroup {
-            self.lab.in_cgroup_tokio(&mut cmd);
-        }
-        let out = cmd.output().await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("x-mock-engine:")
-                    .map(|v| v.trim().to_owned())
-            })
-            .ok_or_else(|| format!("curl exit {:?}", out.status.code()))
+        engine_behind(addr, in_cgroup.then_some(self.lab.cgroup.as_path())).await
     }
 
     fn maps(&self) -> serde_json::Value {
@@ -298,7 +276,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
     // least-latency prefers the pod without the added delay.
     let metrics = agent.addrs[1];
     let srtt_exported = common::eventually(5, || async {
-        let m = client.get(metrics, "/metrics").await.unwrap().text();
+        let m = client.metrics(metrics).await.unwrap();
         metric_value(
             &m,
             "steer_kernel_pod_srtt_microseconds",
@@ -450,7 +428,7 @@ async fn without_bpf_privileges_the_agent_runs_header_only() {
         .unwrap();
     assert_eq!(ready["mode"], "header-only");
     assert!(ready["datapath_reason"].as_str().unwrap().len() > 5);
-    let metrics = client.get(agent.addrs[1], "/metrics").await.unwrap().text();
+    let metrics = client.metrics(agent.addrs[1]).await.unwrap();
     assert_eq!(
         metric_value(&metrics, "steer_datapath_mode", &[("mode", "header-only")]),
         Some(1.0)

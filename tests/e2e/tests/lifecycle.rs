@@ -2,7 +2,7 @@
 
 mod common;
 
-use steer_e2e::{Client, Proc, binary_dir, chat_body, metric_value, write_config};
+use steer_e2e::{Client, Proc, binary_dir, metric_value, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_adds_and_removes_models() {
@@ -15,15 +15,7 @@ async fn hot_reload_adds_and_removes_models() {
         let client = client.clone();
         let gw = stack.gateway();
         async move {
-            let r = client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body(model, "x", false, 1),
-                )
-                .await
-                .unwrap();
+            let r = client.chat(gw, model, &[]).await.unwrap();
             (r.status, r.header("x-mock-engine").map(str::to_owned))
         }
     };
@@ -56,21 +48,9 @@ async fn hot_reload_adds_and_removes_models() {
     // A broken edit is rejected and the last good config keeps serving.
     std::fs::write(&stack.config, "models: [this is not a map\n").unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let still = client
-        .post(
-            stack.gateway(),
-            "/v1/chat/completions",
-            &[],
-            chat_body("c", "x", false, 1),
-        )
-        .await
-        .unwrap();
+    let still = client.chat(stack.gateway(), "c", &[]).await.unwrap();
     assert_eq!(still.status, 200);
-    let metrics = client
-        .get(stack.metrics(), "/metrics")
-        .await
-        .unwrap()
-        .text();
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     assert!(
         metric_value(
             &metrics,
@@ -94,26 +74,14 @@ async fn a_pod_going_down_leaves_rotation_and_comes_back() {
     // After failed scrapes every request goes to the surviving pod and succeeds.
     assert!(
         common::eventually(10, || async {
-            let m = client
-                .get(stack.metrics(), "/metrics")
-                .await
-                .unwrap()
-                .text();
+            let m = client.metrics(stack.metrics()).await.unwrap();
             metric_value(&m, "steer_pod_ready", &[("pod", &down_addr.to_string())]) == Some(0.0)
         })
         .await,
         "dead pod marked not ready"
     );
     for _ in 0..6 {
-        let r = client
-            .post(
-                stack.gateway(),
-                "/v1/chat/completions",
-                &[],
-                chat_body("m", "x", false, 1),
-            )
-            .await
-            .unwrap();
+        let r = client.chat(stack.gateway(), "m", &[]).await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-mock-engine"), Some("engine-0"));
     }
@@ -140,15 +108,7 @@ async fn a_pod_going_down_leaves_rotation_and_comes_back() {
     .unwrap();
     assert!(
         common::eventually(10, || async {
-            let r = client
-                .post(
-                    stack.gateway(),
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body("m", "x", false, 1),
-                )
-                .await
-                .unwrap();
+            let r = client.chat(stack.gateway(), "m", &[]).await.unwrap();
             r.header("x-mock-engine") == Some("engine-1b")
         })
         .await,

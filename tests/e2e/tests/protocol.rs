@@ -109,11 +109,7 @@ async fn every_error_is_an_openai_error_with_the_right_status() {
         .await,
         "503 for a model without ready endpoints"
     );
-    let metrics = client
-        .get(stack.metrics(), "/metrics")
-        .await
-        .unwrap()
-        .text();
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     for reason in [
         "invalid_json",
         "missing_model",
@@ -126,15 +122,7 @@ async fn every_error_is_an_openai_error_with_the_right_status() {
         assert!(n >= 1.0, "{reason} counted");
     }
     // The agent survived all of it and still routes.
-    let ok = client
-        .post(
-            stack.gateway(),
-            "/v1/chat/completions",
-            &[],
-            chat_body("m", "x", false, 1),
-        )
-        .await
-        .unwrap();
+    let ok = client.chat(stack.gateway(), "m", &[]).await.unwrap();
     assert_eq!(ok.status, 200);
 }
 
@@ -175,11 +163,7 @@ async fn streaming_passes_through_and_usage_is_counted() {
     let text = reply.text();
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let target = reply.header("target-pod").unwrap().to_owned();
-    let metrics = client
-        .get(stack.metrics(), "/metrics")
-        .await
-        .unwrap()
-        .text();
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     let completion = metric_value(
         &metrics,
         "steer_completion_tokens_total",
@@ -204,11 +188,7 @@ async fn streaming_passes_through_and_usage_is_counted() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let metrics = client
-        .get(stack.metrics(), "/metrics")
-        .await
-        .unwrap()
-        .text();
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     let completion = metric_value(
         &metrics,
         "steer_completion_tokens_total",

@@ -187,7 +187,7 @@ async fn least_request_avoids_a_busy_pod() {
                     gw,
                     "/v1/chat/completions",
                     &[("routing-strategy", "round-robin")],
-                    chat_body("m", "long", true, 200),
+                    chat_body("m", "long", true, 1000),
                 )
                 .await
         }));
@@ -208,7 +208,8 @@ async fn least_request_avoids_a_busy_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
-    // Engine 0 has a tiny KV cache and decodes slowly: one long request fills it.
+    // Engine 0 has a tiny KV cache and decodes slowly (20 s for 1000 tokens, aborted
+    // at the end): one long request fills it.
     let mut opts = common::opts(&["m", "m"], "least-kv-cache");
     opts.engines[0].1 = [
         "--decode-us-per-token",
@@ -234,8 +235,8 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
                 .post(
                     gw,
                     "/v1/chat/completions",
-                    &[],
-                    chat_body("m", &prompt, true, 200),
+                    &[("routing-strategy", "round-robin")],
+                    chat_body("m", &prompt, true, 1000),
                 )
                 .await
         }));
@@ -247,7 +248,7 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
     let metrics = stack.metrics();
     assert!(
         common::eventually(5, || async {
-            let m = client.get(metrics, "/metrics").await.unwrap().text();
+            let m = client.metrics(metrics).await.unwrap();
             steer_e2e::metric_value(&m, "steer_pod_kv_cache_usage", &[("pod", &engine0)])
                 .unwrap_or(0.0)
                 > 0.5

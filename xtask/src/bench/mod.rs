@@ -1,9 +1,13 @@
-//! `cargo xtask bench`: decision overhead, agent CPU per decision, and
-//! routing quality on a shared-prefix workload. Writes JSON + markdown to
-//! `target/bench/` and prints the table. Every loop is bounded in count and
-//! time; targets are reported, never asserted (this machine is shared).
+//! `cargo xtask bench`: decision overhead, agent CPU per decision, routing
+//! quality on a shared-prefix workload, and (as root) the kernel datapath:
+//! connect() cost, kernel vs userspace RTT, sk_msg on/off. Writes JSON +
+//! markdown to `target/bench/` and prints the table. Every loop is bounded
+//! in count and time; targets are reported, never asserted (this machine is
+//! shared).
 
+mod kernel;
 mod overhead;
+pub mod probes;
 mod quality;
 mod report;
 
@@ -14,6 +18,9 @@ pub struct BenchArgs {
     /// Fewer requests per case (a quick look, noisier numbers).
     #[arg(long)]
     pub quick: bool,
+    /// Only the kernel datapath benchmarks (root).
+    #[arg(long)]
+    pub kernel_only: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -24,8 +31,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("building release binaries...");
         steer_e2e::ensure_built("release")?;
         let mut report = report::Report::default();
-        overhead::run(args, &mut report).await?;
-        quality::run(args, &mut report).await?;
+        if !args.kernel_only {
+            overhead::run(args, &mut report).await?;
+            quality::run(args, &mut report).await?;
+        }
+        kernel::run(args, &mut report).await?;
         report.write()
     })
 }

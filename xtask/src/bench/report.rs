@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::stats::{Summary, ms};
+use std::time::Duration;
+
+use crate::stats::{Summary, ms, summarize};
 
 #[derive(Debug, Default, Serialize)]
 pub struct OverheadRow {
@@ -38,6 +40,111 @@ pub struct Report {
     pub overhead: Vec<OverheadRow>,
     pub quality_workload: String,
     pub quality: Vec<QualityRow>,
+    pub kernel: KernelReport,
+}
+
+/// Nanosecond statistics (connect() is a few µs: µs rounding hides it).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct NsSummary {
+    pub count: usize,
+    pub mean_ns: f64,
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+}
+
+impl NsSummary {
+    pub fn of(samples: &[u64]) -> Self {
+        let s = summarize(samples.iter().map(|ns| Duration::from_nanos(*ns)));
+        Self {
+            count: s.count,
+            mean_ns: s.mean_us * 1e3,
+            p50_ns: s.p50_us * 1e3,
+            p99_ns: s.p99_us * 1e3,
+        }
+    }
+}
+
+/// (a) / (b) of mean, p50 and p99.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Ratios {
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Ratios {
+    pub fn of(a: (f64, f64, f64), b: (f64, f64, f64)) -> Self {
+        let r = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+        Self {
+            mean: r(a.0, b.0),
+            p50: r(a.1, b.1),
+            p99: r(a.2, b.2),
+        }
+    }
+}
+
+/// connect() to a local listener with Steer's cgroup programs (VIP
+/// rewritten by connect4) vs from a cgroup without programs.
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectRow {
+    pub with_programs: NsSummary,
+    pub without_programs: NsSummary,
+    /// connect() + close(), same runs.
+    pub with_programs_cycle: NsSummary,
+    pub without_programs_cycle: NsSummary,
+    pub ratio: Ratios,
+    pub ratio_cycle: Ratios,
+    /// `connect_rewrite` counter delta over the (a) runs.
+    pub connect_rewrites: u64,
+    pub rounds: usize,
+}
+
+/// Kernel-measured vs userspace-measured RTT of one pod.
+#[derive(Debug, Default, Serialize)]
+pub struct RttRow {
+    pub pod: String,
+    pub congested: bool,
+    pub kernel_srtt_us: f64,
+    pub kernel_rtt_samples: u64,
+    /// Handshake time (one RTT) seen by connect().
+    pub user_connect: Summary,
+    pub user_connect_failed: u64,
+    /// `GET /health` round trip on a keep-alive connection.
+    pub user_http: Summary,
+    pub kernel_vs_connect_p50: f64,
+    pub kernel_vs_http_p50: f64,
+}
+
+/// Request-response latency of a node-local pair with and without sk_msg.
+#[derive(Debug, Default, Serialize)]
+pub struct SkMsgRow {
+    pub message_bytes: usize,
+    pub off: Summary,
+    pub on: Summary,
+    /// on / off.
+    pub ratio: Ratios,
+    pub off_redirect: u64,
+    pub off_pass: u64,
+    pub on_redirect: u64,
+    pub on_pass: u64,
+    /// (ping-pong client, echo server) CPU µs per round trip.
+    pub off_cpu_us_per_round_trip: (f64, f64),
+    pub on_cpu_us_per_round_trip: (f64, f64),
+    pub rounds: usize,
+    pub verdict: String,
+    pub explanation: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct KernelReport {
+    /// Why the kernel rows are missing (not privileged, doctor failed).
+    pub skipped: Option<String>,
+    pub connect: Option<ConnectRow>,
+    pub rtt: Vec<RttRow>,
+    pub rtt_setup: String,
+    pub sk_msg: Option<SkMsgRow>,
+    /// Parts that failed to run, with the error.
+    pub errors: Vec<String>,
 }
 
 impl Report {
@@ -53,6 +160,12 @@ impl Report {
     }
 
     fn markdown(&self) -> String {
+        if self.overhead.is_empty() && self.quality.is_empty() {
+            // `--kernel-only`.
+            let mut md = String::new();
+            self.kernel.markdown(&mut md);
+            return md;
+        }
         let mut md = String::from("## Decision overhead (latency per request, µs)\n\n");
         md.push_str("| case | direct p50 | proxy p50 | steer p50 | **agent-added p50** | proxy p99 | steer p99 | **agent-added p99** | steer mean − proxy mean | agent CPU µs/decision (user + sys) | engine CPU µs/request |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.overhead {
@@ -91,6 +204,156 @@ impl Report {
             );
         }
         md.push_str("\nTarget: prefix-cache TTFT ≤ 1.2× oracle (reference on this machine: sglang-router cache_aware 2.9×, vllm-router cache_aware 1.27×, random 5.8–7×).\n");
+        self.kernel.markdown(&mut md);
         md
     }
+}
+
+impl KernelReport {
+    fn markdown(&self, md: &mut String) {
+        md.push_str("\n## Kernel datapath\n\n");
+        if let Some(reason) = &self.skipped {
+            let _ = writeln!(md, "Skipped: {reason}.");
+            return;
+        }
+        for e in &self.errors {
+            let _ = writeln!(md, "**Failed:** {e}\n");
+        }
+        if let Some(c) = &self.connect {
+            md.push_str("### connect() with vs without Steer's cgroup programs (ns)\n\n");
+            md.push_str("| case | connects | connect() mean | p50 | p99 | connect+close mean | p50 | p99 |\n|---|---|---|---|---|---|---|---|\n");
+            let row = |md: &mut String, name: &str, s: &NsSummary, cy: &NsSummary| {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    s.count, s.mean_ns, s.p50_ns, s.p99_ns, cy.mean_ns, cy.p50_ns, cy.p99_ns
+                );
+            };
+            row(
+                md,
+                &format!(
+                    "(a) Steer cgroup, VIP → listener ({} rewrites)",
+                    c.connect_rewrites
+                ),
+                &c.with_programs,
+                &c.with_programs_cycle,
+            );
+            row(
+                md,
+                "(b) plain cgroup, listener address",
+                &c.without_programs,
+                &c.without_programs_cycle,
+            );
+            let _ = writeln!(
+                md,
+                "| **(a)/(b)** | | **{:.2}×** | **{:.2}×** | **{:.2}×** | {:.2}× | {:.2}× | {:.2}× |",
+                c.ratio.mean,
+                c.ratio.p50,
+                c.ratio.p99,
+                c.ratio_cycle.mean,
+                c.ratio_cycle.p50,
+                c.ratio_cycle.p99
+            );
+            let _ = writeln!(
+                md,
+                "\nconnect4 (VIP lookup + rewrite + reverse-NAT entry) and sock_ops (pod callbacks) add {:.0} ns at p50 ({:+.0}%) to a loopback connect(); {} rounds, (a) and (b) alternated, RST close, no TC programs.",
+                c.with_programs.p50_ns - c.without_programs.p50_ns,
+                (c.ratio.p50 - 1.0) * 100.0,
+                c.rounds
+            );
+        }
+        if !self.rtt.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Kernel RTT vs userspace RTT per pod\n\n{}\n",
+                self.rtt_setup
+            );
+            md.push_str("| pod | link | kernel srtt µs (samples) | userspace connect RTT p50 µs (n) | userspace HTTP RTT p50 µs (n) | kernel / connect | kernel / HTTP |\n|---|---|---|---|---|---|---|\n");
+            for r in &self.rtt {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {:.0} ({}) | {:.0} ({}{}) | {:.0} ({}) | {:.2} | {:.2} |",
+                    r.pod,
+                    if r.congested { "congested" } else { "idle" },
+                    r.kernel_srtt_us,
+                    r.kernel_rtt_samples,
+                    r.user_connect.p50_us,
+                    r.user_connect.count,
+                    if r.user_connect_failed > 0 {
+                        format!(", {} failed", r.user_connect_failed)
+                    } else {
+                        String::new()
+                    },
+                    r.user_http.p50_us,
+                    r.user_http.count,
+                    r.kernel_vs_connect_p50,
+                    r.kernel_vs_http_p50
+                );
+            }
+            let _ = writeln!(md, "\n{}", rtt_interpretation(&self.rtt));
+        }
+        if let Some(s) = &self.sk_msg {
+            let _ = writeln!(
+                md,
+                "\n### sk_msg redirection on/off: {}-byte ping-pong over one 127.0.0.1 connection (µs)\n",
+                s.message_bytes
+            );
+            md.push_str("| agent | round trips | p50 | p99 | mean | CPU µs/round trip (client + echo) | sk_msg_redirect Δ | sk_msg_pass Δ |\n|---|---|---|---|---|---|---|---|\n");
+            for (name, sum, cpu, redirect, pass) in [
+                (
+                    "without --sk-msg",
+                    &s.off,
+                    s.off_cpu_us_per_round_trip,
+                    s.off_redirect,
+                    s.off_pass,
+                ),
+                (
+                    "with --sk-msg",
+                    &s.on,
+                    s.on_cpu_us_per_round_trip,
+                    s.on_redirect,
+                    s.on_pass,
+                ),
+            ] {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} + {:.1} | {redirect} | {pass} |",
+                    sum.count, sum.p50_us, sum.p99_us, sum.mean_us, cpu.0, cpu.1
+                );
+            }
+            let _ = writeln!(
+                md,
+                "| **on/off** | | **{:.2}×** | **{:.2}×** | {:.2}× | | | |",
+                s.ratio.p50, s.ratio.p99, s.ratio.mean
+            );
+            let _ = writeln!(md, "\n{}\n\n**Verdict: {}**", s.explanation, s.verdict);
+        }
+    }
+}
+
+fn rtt_interpretation(rows: &[RttRow]) -> String {
+    let idle: Vec<&RttRow> = rows.iter().filter(|r| !r.congested).collect();
+    let busy: Vec<&RttRow> = rows.iter().filter(|r| r.congested).collect();
+    let (Some(idle), Some(busy)) = (idle.first(), busy.first()) else {
+        return "The kernel's srtt is the smoothed RTT of the measured connections; userspace numbers are medians.".into();
+    };
+    let kernel_sees = busy.kernel_srtt_us > idle.kernel_srtt_us * 2.0;
+    let user_sees = busy.user_connect.p50_us > idle.user_connect.p50_us * 2.0;
+    format!(
+        "Kernel srtt {} the congested pod ({:.0} µs vs {:.0} µs idle) as userspace {} ({:.0} µs vs {:.0} µs connect RTT): kernel srtt is smoothed (7/8 old + 1/8 new) over the agent's and the probe's connections and is taken without any extra packets or syscalls, so it lags a moving queue while each userspace sample is one fresh handshake or request.",
+        if kernel_sees {
+            "separates"
+        } else {
+            "does not clearly separate"
+        },
+        busy.kernel_srtt_us,
+        idle.kernel_srtt_us,
+        if user_sees {
+            "does"
+        } else {
+            "does not clearly"
+        },
+        busy.user_connect.p50_us,
+        idle.user_connect.p50_us,
+    )
 }
