@@ -46,6 +46,12 @@ pub enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiscoveryMode {
+    Static,
+    Kubernetes,
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
     /// Config file (.yaml, .yml, .toml or .json): models, endpoints,
@@ -103,6 +109,36 @@ pub struct RunArgs {
     /// (default: leave them so steering survives a restart).
     #[arg(long)]
     pub unpin: bool,
+
+    /// Where endpoints come from: static (config file and --pool) or
+    /// kubernetes (pods by label and InferencePools, in-cluster or KUBECONFIG;
+    /// the config file still gives per-model strategy and VIP).
+    #[arg(long, value_enum, default_value_t = DiscoveryMode::Static, env = "STEER_DISCOVERY")]
+    pub discovery: DiscoveryMode,
+
+    /// Namespace to watch (default: all namespaces).
+    #[arg(long, value_name = "NS", env = "STEER_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+
+    /// Pod label naming the model a pod serves.
+    #[arg(long, default_value = crate::discovery::DEFAULT_MODEL_LABEL)]
+    pub k8s_model_label: String,
+
+    /// Pod label holding the engine port.
+    #[arg(long, default_value = crate::discovery::DEFAULT_PORT_LABEL)]
+    pub k8s_port_label: String,
+
+    /// Engine port for pods without the port label.
+    #[arg(long, default_value_t = 8000)]
+    pub k8s_default_port: u16,
+
+    /// Also watch inference.networking.k8s.io/v1 InferencePools.
+    #[arg(long)]
+    pub k8s_inference_pools: bool,
+
+    /// This node's name (downward API), to tell node-local pods apart.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
 
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]

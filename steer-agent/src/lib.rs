@@ -1,9 +1,11 @@
 //! Steer agent: picks the pod for each OpenAI-style request Envoy sends
 //! through the ext_proc filter, and tells Envoy where to send it.
 
+pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod discovery;
 pub mod extproc;
 pub mod openai;
 pub mod pool;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use futures::StreamExt;
 
-use crate::cli::RunArgs;
+use crate::apply::Applier;
+use crate::cli::{DiscoveryMode, RunArgs};
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
 use crate::datapath::Datapath;
 use crate::extproc::{ExtProcService, Shared};
@@ -33,6 +34,8 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("eBPF datapath required but unavailable: {0}")]
     Datapath(#[from] crate::datapath::DatapathError),
+    #[error("Kubernetes discovery: {0}")]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 pub fn load_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
@@ -82,9 +85,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     });
     let scraper = Scraper::new(pools.clone(), metrics.clone());
     scraper.reconcile();
+    let applier = Applier::new(
+        shared.clone(),
+        scraper,
+        datapath.clone(),
+        pools.snapshot().settings.clone(),
+    );
 
     if let Some(path) = args.config.clone() {
-        let (shared, scraper, datapath) = (shared.clone(), scraper.clone(), datapath.clone());
+        let (applier, metrics) = (applier.clone(), metrics.clone());
         let period = Duration::from_millis(args.reload_interval_ms.max(50));
         let default_override = args.default_strategy.clone();
         tokio::spawn(watch_file(
@@ -97,22 +106,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     {
                         settings.default_strategy = strategy;
                     }
-                    let removed = shared.router.pools().update(settings);
-                    shared.router.forget_pods(&removed);
-                    datapath.sync_pods_now(shared.router.pools());
-                    scraper.reconcile();
-                    shared.metrics.config_reloads.inc();
-                    tracing::info!(
-                        generation = shared.router.pools().load().generation,
-                        "config reloaded"
-                    );
+                    applier.set_base(settings);
+                    metrics.config_reloads.inc();
                 }
                 Err(error) => {
-                    shared.metrics.error(ErrorKind::ConfigReload);
+                    metrics.error(ErrorKind::ConfigReload);
                     tracing::error!(%error, "config change rejected; keeping the previous config");
                 }
             },
         ));
+    }
+    if args.discovery == DiscoveryMode::Kubernetes {
+        start_discovery(&args, &applier, &metrics).await?;
     }
 
     let bind = |what, addr| async move {
@@ -196,4 +201,35 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// Watches the cluster and feeds every new view to the applier.
+async fn start_discovery(
+    args: &RunArgs,
+    applier: &Arc<Applier>,
+    metrics: &Metrics,
+) -> Result<(), RunError> {
+    use crate::discovery::{self, DiscoveryCollector, DiscoveryStats, KubeOptions};
+    let client = discovery::client_from_env().await?;
+    let stats = DiscoveryStats::new();
+    if let Err(error) = metrics
+        .registry
+        .register(Box::new(DiscoveryCollector::new(stats.clone())))
+    {
+        tracing::warn!(%error, "registering discovery metrics failed");
+    }
+    let options = KubeOptions {
+        namespace: args.k8s_namespace.clone(),
+        model_label: args.k8s_model_label.clone(),
+        port_label: args.k8s_port_label.clone(),
+        default_port: args.k8s_default_port,
+        inference_pools: args.k8s_inference_pools,
+        node_name: args.node_name.clone(),
+    };
+    tracing::info!(?options, "Kubernetes discovery started");
+    let applier = applier.clone();
+    tokio::spawn(discovery::run(client, options, stats, move |view| {
+        applier.set_discovered(view)
+    }));
+    Ok(())
 }

@@ -230,6 +230,7 @@ impl FileConfig {
             sk_msg: d.sk_msg.unwrap_or(false),
         };
         Ok(Settings {
+            node_local: Default::default(),
             datapath,
             default_strategy,
             models,

@@ -4,7 +4,7 @@
 mod file;
 mod reload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct Settings {
     pub scrape: ScrapeSettings,
     pub prefix: PrefixSettings,
     pub datapath: DatapathSettings,
+    /// Endpoints known to run on this node (from discovery), for the
+    /// datapath's node-local flag.
+    pub node_local: BTreeSet<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

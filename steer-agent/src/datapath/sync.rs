@@ -117,14 +117,9 @@ pub(super) fn pod_list(snapshot: &Snapshot) -> Vec<(SocketAddr, u32)> {
         .endpoints
         .iter()
         .map(|e| {
-            (
-                e.addr,
-                if is_node_local(e.addr.ip()) {
-                    POD_NODE_LOCAL
-                } else {
-                    0
-                },
-            )
+            let local =
+                snapshot.settings.node_local.contains(&e.addr) || is_node_local(e.addr.ip());
+            (e.addr, if local { POD_NODE_LOCAL } else { 0 })
         })
         .collect()
 }

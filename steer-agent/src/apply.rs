@@ -1,0 +1,139 @@
+//! Where pool changes come together: the config file (with `--pool` flags)
+//! and, in Kubernetes mode, discovered endpoints. Every change rebuilds the
+//! effective settings once and applies them everywhere in order: pools,
+//! prefix index, kernel pod tables (before anyone connects to a new pod, so
+//! sock_ops measures its first connection), scraper.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{ModelSettings, Settings};
+use crate::datapath::Datapath;
+use crate::discovery::Discovered;
+use crate::extproc::Shared;
+use crate::pool::Scraper;
+
+#[derive(Debug)]
+pub struct Applier {
+    shared: Arc<Shared>,
+    scraper: Arc<Scraper>,
+    datapath: Arc<Datapath>,
+    sources: Mutex<Sources>,
+}
+
+#[derive(Debug)]
+struct Sources {
+    base: Settings,
+    discovered: Option<Discovered>,
+}
+
+impl Applier {
+    pub fn new(
+        shared: Arc<Shared>,
+        scraper: Arc<Scraper>,
+        datapath: Arc<Datapath>,
+        base: Settings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            scraper,
+            datapath,
+            sources: Mutex::new(Sources {
+                base,
+                discovered: None,
+            }),
+        })
+    }
+
+    /// A new config file (already validated).
+    pub fn set_base(&self, base: Settings) {
+        let mut sources = self.sources.lock();
+        sources.base = base;
+        self.apply(&sources);
+    }
+
+    /// A new view of the cluster.
+    pub fn set_discovered(&self, discovered: Discovered) {
+        let mut sources = self.sources.lock();
+        sources.discovered = Some(discovered);
+        self.apply(&sources);
+    }
+
+    fn apply(&self, sources: &Sources) {
+        let pools = self.shared.router.pools();
+        let removed = pools.update(effective(&sources.base, sources.discovered.as_ref()));
+        self.shared.router.forget_pods(&removed);
+        self.datapath.sync_pods_now(pools);
+        self.scraper.reconcile();
+        tracing::info!(generation = pools.load().generation, "pools updated");
+    }
+}
+
+/// Discovered models take their endpoints from the cluster; their strategy
+/// and VIP still come from the config file. Models only in the file keep
+/// their static endpoints.
+pub fn effective(base: &Settings, discovered: Option<&Discovered>) -> Settings {
+    let mut settings = base.clone();
+    let Some(discovered) = discovered else {
+        return settings;
+    };
+    for (model, endpoints) in &discovered.models {
+        let entry = settings
+            .models
+            .entry(model.clone())
+            .or_insert_with(|| ModelSettings {
+                endpoints: Vec::new(),
+                strategy: None,
+                vip: None,
+            });
+        entry.endpoints = endpoints.iter().map(|e| e.addr).collect();
+        settings
+            .node_local
+            .extend(endpoints.iter().filter(|e| e.node_local).map(|e| e.addr));
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use crate::discovery::DiscoveredEndpoint;
+
+    #[test]
+    fn discovered_endpoints_replace_file_endpoints_and_keep_file_options() {
+        let file: FileConfig = serde_yaml::from_str(
+            "models:\n  qwen:\n    endpoints: [\"10.0.0.1:80\"]\n    strategy: prefix-cache\n    vip: \"10.96.0.1:80\"\n  static:\n    endpoints: [\"10.0.0.9:80\"]\n",
+        )
+        .unwrap();
+        let base = Settings::resolve(Some(file), &[]).unwrap();
+        let ep = |a: &str, node_local| DiscoveredEndpoint {
+            addr: a.parse().unwrap(),
+            node_local,
+        };
+        let discovered = Discovered {
+            models: [
+                (
+                    "qwen".to_owned(),
+                    vec![ep("10.1.0.1:8000", true), ep("10.1.0.2:8000", false)],
+                ),
+                ("llama".to_owned(), vec![ep("10.1.0.3:8000", false)]),
+            ]
+            .into(),
+        };
+        let s = effective(&base, Some(&discovered));
+        let qwen = &s.models["qwen"];
+        assert_eq!(qwen.endpoints.len(), 2);
+        assert_eq!(qwen.strategy, base.models["qwen"].strategy);
+        assert_eq!(qwen.vip, base.models["qwen"].vip);
+        assert_eq!(
+            s.models["llama"].endpoints,
+            vec!["10.1.0.3:8000".parse().unwrap()]
+        );
+        assert_eq!(s.models["static"], base.models["static"]);
+        assert!(s.node_local.contains(&"10.1.0.1:8000".parse().unwrap()));
+        assert_eq!(s.node_local.len(), 1);
+        assert_eq!(effective(&base, None), base);
+    }
+}
