@@ -24,6 +24,8 @@ pub struct RouteRequest<'a> {
     /// `x-session-id`, else the body's `user`.
     pub session: Option<&'a str>,
     pub prompt: Option<&'a PromptPieces<'a>>,
+    /// Endpoints the gateway allows (Inference Extension subset hint).
+    pub subset: Option<&'a [std::net::SocketAddr]>,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,7 @@ impl Router {
             .members
             .iter()
             .filter(|m| m.endpoint.is_ready())
+            .filter(|m| req.subset.is_none_or(|s| s.contains(&m.endpoint.addr)))
             .map(|m| (m.endpoint.view(), m))
             .unzip();
         if views.is_empty() {

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod kernel_demo;
 mod setup;
+mod setup_deploy;
 mod setup_ebpf;
 mod stats;
 mod test;

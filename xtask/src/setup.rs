@@ -15,6 +15,7 @@ pub fn run() -> Result<()> {
     rust_components()?;
     crate::setup_ebpf::run()?;
     python_sdk()?;
+    crate::setup_deploy::run()?;
     Ok(())
 }
 

@@ -1,8 +1,13 @@
 //! Reading Envoy's HeaderMap and building header mutations.
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderMap, HeaderValue, HeaderValueOption, Metadata,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::HeaderMutation;
+use envoy_types::pb::google::protobuf::value::Kind;
 
 /// Current Envoy sends values in `raw_value`; older ones in `value`.
 pub fn value_of(h: &HeaderValue) -> &str {
@@ -54,6 +59,34 @@ impl RequestMeta {
     }
 }
 
+/// The Inference Extension's subset hint: the endpoints of the InferencePool
+/// the gateway picked (filter metadata `envoy.lb.subset_hint`, key
+/// `x-gateway-destination-endpoint-subset`, a list or a comma-separated
+/// string of `ip:port`). Routing must stay inside it (canary splits).
+pub fn subset_hint(metadata: Option<&Metadata>) -> Option<Vec<SocketAddr>> {
+    let hint = metadata?.filter_metadata.get("envoy.lb.subset_hint")?;
+    let value = hint.fields.get("x-gateway-destination-endpoint-subset")?;
+    let mut out = Vec::new();
+    let mut push = |s: &str| {
+        out.extend(
+            s.split(',')
+                .filter_map(|p| p.trim().parse::<SocketAddr>().ok()),
+        );
+    };
+    match value.kind.as_ref()? {
+        Kind::StringValue(s) => push(s),
+        Kind::ListValue(list) => {
+            for v in &list.values {
+                if let Some(Kind::StringValue(s)) = &v.kind {
+                    push(s);
+                }
+            }
+        }
+        _ => {}
+    }
+    Some(out)
+}
+
 /// Response-side: the content type decides how usage is read.
 pub fn content_type(map: Option<&HeaderMap>) -> Option<String> {
     map.into_iter()
@@ -98,6 +131,41 @@ pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+
+    #[test]
+    fn subset_hint_reads_lists_and_strings() {
+        let string = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        };
+        let hint = |v: Value| Metadata {
+            filter_metadata: [(
+                "envoy.lb.subset_hint".to_owned(),
+                Struct {
+                    fields: [("x-gateway-destination-endpoint-subset".to_owned(), v)].into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let list = Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![
+                    string("10.0.0.1:8000"),
+                    string("garbage"),
+                    string("10.0.0.2:8000"),
+                ],
+            })),
+        };
+        assert_eq!(subset_hint(Some(&hint(list))).unwrap().len(), 2);
+        let csv = hint(string("10.0.0.1:8000, 10.0.0.3:8000"));
+        assert_eq!(
+            subset_hint(Some(&csv)).unwrap()[1],
+            "10.0.0.3:8000".parse().unwrap()
+        );
+        assert_eq!(subset_hint(None), None);
+        assert_eq!(subset_hint(Some(&Metadata::default())), None);
+    }
 
     #[test]
     fn meta_reads_raw_and_plain_values() {

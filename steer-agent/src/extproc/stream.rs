@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 
-use super::headers::{RequestMeta, content_type, set_headers};
+use super::headers::{RequestMeta, content_type, set_headers, subset_hint};
 use super::reply::{self, Phase};
 use super::{RequestError, Shared};
 use crate::openai::{ParsedRequest, UsageScanner};
@@ -31,6 +31,8 @@ pub struct StreamState {
     request_mode: BodySendMode,
     response_mode: BodySendMode,
     meta: RequestMeta,
+    /// Inference Extension subset hint: allowed endpoints, if the gateway sent one.
+    subset: Option<Vec<std::net::SocketAddr>>,
     request_id: String,
     body: Vec<u8>,
     body_done: bool,
@@ -48,6 +50,7 @@ impl StreamState {
             request_mode: BodySendMode::Buffered,
             response_mode: BodySendMode::Streamed,
             meta: RequestMeta::default(),
+            subset: None,
             request_id: String::new(),
             body: Vec::new(),
             body_done: false,
@@ -68,6 +71,9 @@ impl StreamState {
         }
         if self.ended {
             return;
+        }
+        if let Some(subset) = subset_hint(message.metadata_context.as_ref()) {
+            self.subset = Some(subset);
         }
         match message.request {
             Some(Request::RequestHeaders(h)) => {
@@ -207,6 +213,7 @@ impl StreamState {
                     strategy: self.meta.strategy.as_deref(),
                     session,
                     prompt: Some(&parsed.prompt),
+                    subset: self.subset.as_deref(),
                 })
             });
         match result {
@@ -249,6 +256,7 @@ impl StreamState {
             strategy: self.meta.strategy.as_deref(),
             session: self.meta.session.as_deref(),
             prompt: None,
+            subset: self.subset.as_deref(),
         });
         match result {
             Ok(decision) => {

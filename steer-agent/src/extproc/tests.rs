@@ -219,3 +219,52 @@ fn bodiless_models_list_and_missing_model() {
     let r = send(&mut s, headers(true, &[]), None);
     assert_eq!(status(&r[0]), Some(400));
 }
+
+#[test]
+fn subset_hint_restricts_the_choice_to_the_gateways_pool() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let hint = |endpoints: &str| Metadata {
+        filter_metadata: [(
+            "envoy.lb.subset_hint".to_owned(),
+            Struct {
+                fields: [(
+                    "x-gateway-destination-endpoint-subset".to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(endpoints.to_owned())),
+                    },
+                )]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    for _ in 0..8 {
+        let mut s = StreamState::new(shared());
+        let mut out = Vec::new();
+        s.on_message(
+            ProcessingRequest {
+                request: Some(headers(false, &[("routing-strategy", "random")])),
+                metadata_context: Some(hint("10.0.0.2:8000")),
+                ..Default::default()
+            },
+            &mut out,
+        );
+        let r = send(&mut s, body(CHAT, true), None);
+        assert_eq!(set_header(&r[0], "target-pod"), Some("10.0.0.2:8000"));
+    }
+    // A subset naming no pod of the model: 503, never a pod outside it.
+    let mut s = StreamState::new(shared());
+    let mut out = Vec::new();
+    s.on_message(
+        ProcessingRequest {
+            request: Some(headers(false, &[])),
+            metadata_context: Some(hint("10.9.9.9:8000")),
+            ..Default::default()
+        },
+        &mut out,
+    );
+    let r = send(&mut s, body(CHAT, true), None);
+    assert_eq!(status(&r[0]), Some(503));
+}

@@ -447,6 +447,13 @@ async fn connect_bench(
         "only {rewrites} connect4 rewrites for {} VIP connects",
         with.len()
     );
+    let baseline_programs = effective_programs(&plain.0);
+    if !baseline_programs.is_empty() {
+        eprintln!(
+            "  warning: the plain cgroup inherits cgroup programs from an ancestor: {}",
+            baseline_programs.join(", ")
+        );
+    }
     let (a, b) = (NsSummary::of(&with), NsSummary::of(&without));
     let (ac, bc) = (NsSummary::of(&with_cycle), NsSummary::of(&without_cycle));
     let tuple = |s: &NsSummary| (s.mean_ns, s.p50_ns, s.p99_ns);
@@ -459,7 +466,36 @@ async fn connect_bench(
         ratio_cycle: Ratios::of(tuple(&ac), tuple(&bc)),
         connect_rewrites: rewrites,
         rounds,
+        baseline_programs,
     })
+}
+
+/// Programs that run for sockets of `cgroup`, its ancestors' included
+/// (`name (attach type)`), from bpftool; empty when bpftool is missing.
+fn effective_programs(cgroup: &Path) -> Vec<String> {
+    let Ok(out) = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .arg("effective")
+        .output()
+    else {
+        return Vec::new();
+    };
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list.as_array()
+        .map(|progs| {
+            progs
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["attach_type"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Echo server + ping-pong client, both in the lab cgroup on 127.0.0.1;
@@ -529,24 +565,13 @@ impl PingPong {
     }
 }
 
-/// User + system CPU of a process (all its threads, exited ones too), from
-/// /proc in clock ticks: 10 ms resolution, fine over a run of seconds.
+/// CPU time of a process's main thread in ns (`/proc/PID/schedstat`,
+/// nanosecond precision; the echo server works on its main thread).
 fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    // utime and stime are fields 14 and 15 (11 and 12 after the name).
-    (ticks(11) + ticks(12)) * 1_000_000_000 / hz
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 // --------------------------------------------------- 2: RTT per pod ----

@@ -18,7 +18,7 @@ pub struct BenchArgs {
     /// Fewer requests per case (a quick look, noisier numbers).
     #[arg(long)]
     pub quick: bool,
-    /// Only the kernel datapath benchmarks (root).
+    /// Only the kernel datapath benchmarks (root); writes bench-kernel.json/.md.
     #[arg(long)]
     pub kernel_only: bool,
 }
@@ -36,6 +36,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             quality::run(args, &mut report).await?;
         }
         kernel::run(args, &mut report).await?;
-        report.write()
+        // A kernel-only run must not overwrite the full report.
+        report.write(if args.kernel_only {
+            "bench-kernel"
+        } else {
+            "bench"
+        })
     })
 }

@@ -171,7 +171,8 @@ fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// `__echo-server ADDR`: echoes every byte back, a thread per connection.
+/// `__echo-server ADDR`: echoes every byte back, one connection at a time on
+/// the main thread (so `/proc/PID/schedstat` holds all of its CPU time).
 /// Prints `listening on IP:PORT` when ready; runs until killed.
 pub fn echo_server(addr: SocketAddr) -> Result<()> {
     die_with_parent();
@@ -181,17 +182,15 @@ pub fn echo_server(addr: SocketAddr) -> Result<()> {
         writeln!(out, "listening on {}", listener.local_addr()?)?;
         out.flush()?;
     }
+    let mut buf = vec![0u8; 64 << 10];
     for conn in listener.incoming() {
         let mut conn = conn?;
         conn.set_nodelay(true)?;
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = conn.read(&mut buf) {
-                if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                    break;
-                }
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
             }
-        });
+        }
     }
     Ok(())
 }

@@ -97,6 +97,9 @@ pub struct ConnectRow {
     /// `connect_rewrite` counter delta over the (a) runs.
     pub connect_rewrites: u64,
     pub rounds: usize,
+    /// Programs case (b) still runs, inherited from an ancestor cgroup
+    /// (e.g. an agent attached to the cgroup root); empty = program-free.
+    pub baseline_programs: Vec<String>,
 }
 
 /// Kernel-measured vs userspace-measured RTT of one pod.
@@ -148,14 +151,18 @@ pub struct KernelReport {
 }
 
 impl Report {
-    pub fn write(&self) -> Result<()> {
+    /// Writes `target/bench/<name>.json` and `<name>.md`.
+    pub fn write(&self, name: &str) -> Result<()> {
         let dir = crate::root().join("target/bench");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(self)?,
+        )?;
         let table = self.markdown();
-        std::fs::write(dir.join("bench.md"), &table)?;
+        std::fs::write(dir.join(format!("{name}.md")), &table)?;
         println!("{table}");
-        println!("written: {}/bench.json, bench.md", dir.display());
+        println!("written: {}/{name}.json, {name}.md", dir.display());
         Ok(())
     }
 
@@ -261,6 +268,13 @@ impl KernelReport {
                 (c.ratio.p50 - 1.0) * 100.0,
                 c.rounds
             );
+            if !c.baseline_programs.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "\n**Caveat:** (b) is not program-free on this run: it inherits {} from an ancestor cgroup (something attached them to the cgroup root). (a) − (b) still isolates the cost of the lab cgroup's programs (VIP hit); the ratio understates it.",
+                    c.baseline_programs.join(", ")
+                );
+            }
         }
         if !self.rtt.is_empty() {
             let _ = writeln!(
@@ -337,23 +351,21 @@ fn rtt_interpretation(rows: &[RttRow]) -> String {
     let (Some(idle), Some(busy)) = (idle.first(), busy.first()) else {
         return "The kernel's srtt is the smoothed RTT of the measured connections; userspace numbers are medians.".into();
     };
-    let kernel_sees = busy.kernel_srtt_us > idle.kernel_srtt_us * 2.0;
-    let user_sees = busy.user_connect.p50_us > idle.user_connect.p50_us * 2.0;
+    let separates = busy.kernel_srtt_us > idle.kernel_srtt_us * 2.0;
     format!(
-        "Kernel srtt {} the congested pod ({:.0} µs vs {:.0} µs idle) as userspace {} ({:.0} µs vs {:.0} µs connect RTT): kernel srtt is smoothed (7/8 old + 1/8 new) over the agent's and the probe's connections and is taken without any extra packets or syscalls, so it lags a moving queue while each userspace sample is one fresh handshake or request.",
-        if kernel_sees {
+        "Kernel srtt {} the congested pod. Idle: kernel {:.0} µs vs userspace {:.0} (connect) / {:.0} (HTTP) µs: userspace adds syscalls and wake-ups. Congested: kernel {:.0} µs vs {:.0} / {:.0} µs ({:.2}× / {:.2}×): all see the tbf queue, but srtt is an EWMA (7/8 old + 1/8 new) over the agent's scrapes and the probe's connections while userspace reports medians of fresh samples. The kernel figure costs no extra packets or syscalls.",
+        if separates {
             "separates"
         } else {
-            "does not clearly separate"
+            "does NOT clearly separate"
         },
-        busy.kernel_srtt_us,
         idle.kernel_srtt_us,
-        if user_sees {
-            "does"
-        } else {
-            "does not clearly"
-        },
-        busy.user_connect.p50_us,
         idle.user_connect.p50_us,
+        idle.user_http.p50_us,
+        busy.kernel_srtt_us,
+        busy.user_connect.p50_us,
+        busy.user_http.p50_us,
+        busy.kernel_vs_connect_p50,
+        busy.kernel_vs_http_p50,
     )
 }
