@@ -52,6 +52,7 @@ impl KernelDemo {
         );
         // The agent lives in the demo cgroup: its scrapes give per-pod RTT.
         options.agent_cgroup = Some(self.cgroup.clone());
+        options.datapath = true;
         options.agent_args.push("--unpin".into());
     }
 

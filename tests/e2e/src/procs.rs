@@ -197,6 +197,9 @@ pub struct StackOptions {
     pub extra_config: String,
     /// Start the agent inside this cgroup (its connections are then measured).
     pub agent_cgroup: Option<PathBuf>,
+    /// Let the agent use the eBPF datapath as its config says; otherwise it
+    /// runs `--datapath off` so a test never attaches to the host's cgroup.
+    pub datapath: bool,
 }
 
 /// Engines + agent + stand-in on loopback, with a config file the test can
@@ -260,6 +263,9 @@ impl Stack {
             "--reload-interval-ms".into(),
             "100".into(),
         ];
+        if !opts.datapath {
+            agent_args.extend(["--datapath".to_owned(), "off".to_owned()]);
+        }
         agent_args.extend(opts.agent_args.iter().cloned());
         let mut agent_cmd = Command::new(bins.join("steer-agent"));
         agent_cmd.args(&agent_args);
