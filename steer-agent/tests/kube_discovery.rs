@@ -918,3 +918,51 @@ async fn metrics_show_the_discovered_endpoints() {
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }
 }
+
+/// A throwaway self-signed CA (CN=steer-test-ca, no key kept), standing in
+/// for the service-account CA an in-cluster config carries.
+const TEST_CA_BASE64: [&str; 7] = [
+    "MIIBhzCCAS2gAwIBAgIUdAOoMKADmcHdfcvFfID/GT3ME1swCgYIKoZIzj0EAwIwGDEWMBQGA1UE",
+    "AwwNc3RlZXItdGVzdC1jYTAgFw0yNjExMjEyMjIzMDlaGA8yMTI2MTAyODIyMjMwOVowGDEWMBQG",
+    "A1UEAwwNc3RlZXItdGVzdC1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABAefjDe8Fii/fKSg",
+    "y00AAToa6swROLNXPdq1gsNriPmiCHGmj3yrQ60nqXaUdz9hbAwtwYfmHkkaI2OA3yWJxBujUzBR",
+    "MB0GA1UdDgQWBBRjeDMgVGiuWjG0xjrjMDg7hkhqpzAfBgNVHSMEGDAWgBRjeDMgVGiuWjG0xjrj",
+    "MDg7hkhqpzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQDGR1tjS2/Pfixzi43v",
+    "pikvQeXIu+MVXaJTjt/sSup35AIgAgh4cCZv9/BwnjMoglpqtAsbvGrqyuhIP2YwwpscUic=",
+];
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// The TLS stack (rustls with ring, the only crypto provider in the build)
+/// is usable: an https client with a cluster CA builds, as in-cluster.
+#[tokio::test]
+async fn an_https_client_builds() {
+    let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+    let der = base64_decode(&TEST_CA_BASE64.concat());
+    assert_eq!(
+        (der.len(), &der[..2]),
+        (395, &[0x30, 0x82][..]),
+        "a DER certificate"
+    );
+    config.root_cert = Some(vec![der]);
+    kube::Client::try_from(config).expect("rustls client config");
+}

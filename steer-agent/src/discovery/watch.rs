@@ -164,13 +164,19 @@ where
             let event = match result {
                 Ok(event) => translate(event, what, &stats, &mut ignored, &parse, tombstone),
                 Err(error) => {
+                    let gone = matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
                     let error = match &error {
                         watcher::Error::WatchError(status) => {
                             format!("{error} (code {})", status.code)
                         }
                         _ => error.to_string(),
                     };
-                    tracing::warn!(resource = what, %error, "kubernetes watch error; backing off, keeping the last view");
+                    if gone {
+                        // Routine: the API server compacted past our version.
+                        tracing::info!(resource = what, %error, "kubernetes watch expired; relisting after a backoff");
+                    } else {
+                        tracing::warn!(resource = what, %error, "kubernetes watch error; backing off, keeping the last view");
+                    }
                     stats.error(format!("{what}: {error}"));
                     None
                 }
