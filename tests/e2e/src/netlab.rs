@@ -4,7 +4,6 @@
 //! removed when the lab is dropped, also when a test fails.
 
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,6 +66,32 @@ impl Pod {
         cmd
     }
 
+    /// Congests the link: [`Pod::shape_link`] plus a bulk upload from outside
+    /// any steered cgroup that keeps the bucket full. Bounded: it stops after
+    /// 60 s or when the returned guard is dropped.
+    pub async fn congest(&self, kbit: u32) -> Result<AbortOnDrop> {
+        self.shape_link(kbit)?;
+        let pod = std::net::SocketAddr::from((self.ip, 8000));
+        Ok(AbortOnDrop(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let Ok(mut conn) = tokio::net::TcpStream::connect(pod).await else {
+                return;
+            };
+            let head =
+                b"POST /v1/completions HTTP/1.1\r\nhost: pod\r\ncontent-length: 100000000\r\n\r\n";
+            let chunk = vec![b' '; 64 << 10];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            if conn.write_all(head).await.is_err() {
+                return;
+            }
+            while tokio::time::Instant::now() < deadline {
+                if conn.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        })))
+    }
+
     /// Slows the host -> pod direction of the link to `kbit` with a token
     /// bucket. (This kernel has no netem: delay comes from queueing behind
     /// traffic that fills the bucket, i.e. a congested link.)
@@ -88,6 +113,16 @@ impl Pod {
                 "200ms",
             ],
         )
+    }
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -196,20 +231,8 @@ impl Lab {
     }
 
     /// Makes `cmd` start inside the lab cgroup (steered by connect4).
-    pub fn in_cgroup(&self, cmd: &mut Command) {
-        let procs = self.cgroup.join("cgroup.procs");
-        // SAFETY: only async-signal-safe work (open/write/close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-        }
-    }
-
     pub fn in_cgroup_tokio(&self, cmd: &mut tokio::process::Command) {
-        let procs = self.cgroup.join("cgroup.procs");
-        // SAFETY: as above.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-        }
+        in_cgroup(cmd, &self.cgroup);
     }
 
     fn cleanup(&self) {
@@ -235,6 +258,52 @@ impl Lab {
                 .args(["link", "del", &format!("{}h{i}", self.tag)])
                 .output();
         }
+    }
+}
+
+impl Lab {
+    /// A zero-delay mock engine serving model `m` on each pod's `ip:8000`,
+    /// named `pod-<i>` (its `x-mock-engine` header).
+    pub async fn start_engines(&self, profile: &str) -> Result<Vec<crate::Proc>> {
+        let bin = crate::binary_dir(profile).join("mock-engine");
+        let mut engines = Vec::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let mut cmd = tokio::process::Command::from(pod.command(&bin));
+            cmd.args([
+                "--addr",
+                &format!("{}:8000", pod.ip),
+                "--model",
+                "m",
+                "--name",
+                &format!("pod-{i}"),
+            ]);
+            cmd.args(["--prefill-us-per-token", "0", "--decode-us-per-token", "0"]);
+            engines.push(crate::Proc::spawn_command(cmd, &bin, "listening on").await?);
+        }
+        Ok(engines)
+    }
+
+    /// An agent config for this lab: model `m` on every pod with VIP
+    /// `vip(8000)`, the datapath required on the lab cgroup, pin dir and pod
+    /// links; `extra_models` is raw YAML appended under `models:`.
+    pub fn write_config(&self, path: &Path, extra_models: &str) -> Result<()> {
+        let endpoints: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| format!("\"{}:8000\"", p.ip))
+            .collect();
+        let interfaces: Vec<&str> = self.pods.iter().map(|p| p.host_if.as_str()).collect();
+        let yaml = format!(
+            "default_strategy: round-robin\nscrape:\n  interval_ms: 50\n  timeout_ms: 500\n  unhealthy_after: 3\n\
+             models:\n  m:\n    endpoints: [{}]\n    vip: \"{}\"\n{extra_models}\
+             datapath:\n  mode: required\n  pin_dir: {}\n  cgroup: {}\n  interfaces: [{}]\n",
+            endpoints.join(", "),
+            self.vip(8000),
+            self.pin_dir.display(),
+            self.cgroup.display(),
+            interfaces.join(", "),
+        );
+        std::fs::write(path, yaml).context("writing the lab config")
     }
 }
 
@@ -278,11 +347,7 @@ pub async fn engine_behind(
         &format!("http://{addr}/health"),
     ]);
     if let Some(cgroup) = cgroup {
-        let procs = cgroup.join("cgroup.procs");
-        // SAFETY: only open/write/close between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-        }
+        in_cgroup(&mut cmd, cgroup);
     }
     let out = cmd.output().await.map_err(|e| e.to_string())?;
     String::from_utf8_lossy(&out.stdout)
@@ -293,4 +358,13 @@ pub async fn engine_behind(
                 .map(|v| v.trim().to_owned())
         })
         .ok_or_else(|| format!("curl exit {:?}", out.status.code()))
+}
+
+/// Makes `cmd` start inside `cgroup` (a cgroup v2 directory).
+pub fn in_cgroup(cmd: &mut tokio::process::Command, cgroup: &Path) {
+    let procs = cgroup.join("cgroup.procs");
+    // SAFETY: only open/write/close between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
 }

@@ -270,11 +270,7 @@ impl Stack {
         let mut agent_cmd = Command::new(bins.join("steer-agent"));
         agent_cmd.args(&agent_args);
         if let Some(cgroup) = &opts.agent_cgroup {
-            let procs = cgroup.join("cgroup.procs");
-            // SAFETY: only open/write/close between fork and exec.
-            unsafe {
-                agent_cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-            }
+            crate::netlab::in_cgroup(&mut agent_cmd, cgroup);
         }
         let agent = Proc::spawn_command(
             agent_cmd,

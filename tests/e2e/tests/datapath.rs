@@ -22,40 +22,15 @@ impl Rig {
     async fn new() -> Self {
         ensure_built("debug").unwrap();
         let lab = Lab::new(2).unwrap();
-        let bins = binary_dir("debug");
-        let mut engines = Vec::new();
-        for (i, pod) in lab.pods.iter().enumerate() {
-            let mut cmd = tokio::process::Command::from(pod.command(&bins.join("mock-engine")));
-            cmd.args([
-                "--addr",
-                &format!("{}:8000", pod.ip),
-                "--model",
-                "m",
-                "--name",
-                &format!("pod-{i}"),
-            ]);
-            cmd.args(["--prefill-us-per-token", "0", "--decode-us-per-token", "0"]);
-            engines.push(
-                Proc::spawn_command(cmd, &bins.join("mock-engine"), "listening on")
-                    .await
-                    .unwrap(),
-            );
-        }
+        let engines = lab.start_engines("debug").await.unwrap();
         let vip = lab.vip(8000);
         let empty_vip = lab.vip(8001);
         let config = std::env::temp_dir().join(format!("steer-datapath-{}.yaml", lab.tag));
-        let yaml = format!(
-            "default_strategy: round-robin\nscrape:\n  interval_ms: 50\n  timeout_ms: 500\n  unhealthy_after: 3\n\
-             models:\n  m:\n    endpoints: [\"{}:8000\", \"{}:8000\"]\n    vip: \"{vip}\"\n  nobody:\n    endpoints: []\n    vip: \"{empty_vip}\"\n\
-             datapath:\n  mode: required\n  pin_dir: {}\n  cgroup: {}\n  interfaces: [{}, {}]\n",
-            lab.pods[0].ip,
-            lab.pods[1].ip,
-            lab.pin_dir.display(),
-            lab.cgroup.display(),
-            lab.pods[0].host_if,
-            lab.pods[1].host_if,
-        );
-        std::fs::write(&config, yaml).unwrap();
+        lab.write_config(
+            &config,
+            &format!("  nobody:\n    endpoints: []\n    vip: \"{empty_vip}\"\n"),
+        )
+        .unwrap();
         Self {
             lab,
             _engines: engines,
@@ -235,24 +210,8 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
         return;
     }
     let rig = Rig::new().await;
-    // Congest pod 1's link: a slow token bucket kept full by a bulk upload
-    // (bounded: aborted at the end of the test).
-    rig.lab.pods[1].shape_link(800).unwrap();
-    let pod1 = std::net::SocketAddr::from((rig.lab.pods[1].ip, 8000));
-    let bulk = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut conn = tokio::net::TcpStream::connect(pod1).await?;
-        conn.write_all(
-            b"POST /v1/completions HTTP/1.1\r\nhost: pod\r\ncontent-length: 100000000\r\n\r\n",
-        )
-        .await?;
-        let chunk = vec![b' '; 64 << 10];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::time::Instant::now() < deadline {
-            conn.write_all(&chunk).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    // Congest pod 1's link: a slow token bucket kept full by a bulk upload.
+    let bulk = rig.lab.pods[1].congest(800).await.unwrap();
     let agent = rig.agent(&["--unpin"]).await;
     let standin = rig.standin(&agent).await;
     let client = Client::default();
@@ -312,7 +271,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
         (200_000..400_000).contains(&sent),
         "TC counted {sent} bytes for a 200 kB body"
     );
-    bulk.abort();
+    drop(bulk);
     drop(standin);
     agent.terminate().await;
 }

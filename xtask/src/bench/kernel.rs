@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use steer_e2e::netlab::{Lab, cgroup2_root, privileged};
+use steer_e2e::netlab::{Lab, cgroup2_root, in_cgroup, privileged};
 use steer_e2e::{Proc, binary_dir};
 
 use super::BenchArgs;
@@ -130,23 +130,6 @@ impl Drop for PlainCgroup {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Aborts a background task when dropped (the bulk upload ends with the bench).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn in_cgroup(cmd: &mut tokio::process::Command, cgroup: &Path) {
-    let procs = cgroup.join("cgroup.procs");
-    // SAFETY: only open/write/close between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
     }
 }
 
@@ -580,59 +563,13 @@ async fn rtt(args: BenchArgs, scratch: &Scratch, out: &mut KernelReport) -> Resu
     eprintln!("  kernel: kernel vs userspace RTT per pod...");
     let probes = if args.quick { 20 } else { 50 };
     let lab = Lab::new(2)?;
-    let bins = binary_dir("release");
-    let mut engines = Vec::new();
-    for (i, pod) in lab.pods.iter().enumerate() {
-        let mut cmd = tokio::process::Command::from(pod.command(&bins.join("mock-engine")));
-        cmd.args([
-            "--addr",
-            &format!("{}:8000", pod.ip),
-            "--model",
-            "m",
-            "--name",
-            &format!("pod-{i}"),
-            "--prefill-us-per-token",
-            "0",
-            "--decode-us-per-token",
-            "0",
-        ]);
-        engines.push(Proc::spawn_command(cmd, &bins.join("mock-engine"), "listening on").await?);
-    }
+    let engines = lab.start_engines("release").await?;
     let config = scratch.dir.join("rtt.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "default_strategy: round-robin\nscrape:\n  interval_ms: 50\n  timeout_ms: 500\n  unhealthy_after: 3\n\
-             models:\n  m:\n    endpoints: [\"{}:8000\", \"{}:8000\"]\n    vip: \"{}\"\n\
-             datapath:\n  mode: required\n  pin_dir: {}\n  cgroup: {}\n  interfaces: [{}, {}]\n",
-            lab.pods[0].ip,
-            lab.pods[1].ip,
-            lab.vip(8000),
-            lab.pin_dir.display(),
-            lab.cgroup.display(),
-            lab.pods[0].host_if,
-            lab.pods[1].host_if,
-        ),
-    )?;
+    lab.write_config(&config, "")?;
     // Congest pod 1: a slow token bucket kept full by a bulk upload from
     // outside the cgroup (bounded: 60 s, and aborted with the bench).
     let kbit = 800;
-    lab.pods[1].shape_link(kbit)?;
-    let pod1 = SocketAddr::from((lab.pods[1].ip, 8000));
-    let _bulk = AbortOnDrop(tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut conn = tokio::net::TcpStream::connect(pod1).await?;
-        conn.write_all(
-            b"POST /v1/completions HTTP/1.1\r\nhost: pod\r\ncontent-length: 100000000\r\n\r\n",
-        )
-        .await?;
-        let chunk = vec![b' '; 64 << 10];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::time::Instant::now() < deadline {
-            conn.write_all(&chunk).await?;
-        }
-        Ok::<_, std::io::Error>(())
-    }));
+    let _bulk = lab.pods[1].congest(kbit).await?;
     let agent = start_agent(&lab, &config, &[]).await?;
     let pods: Vec<String> = lab.pods.iter().map(|p| format!("{}:8000", p.ip)).collect();
     let result = async {
