@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::tc::{
+    NlOptions, SchedClassifier, TcAttachOptions, TcAttachType, qdisc_add_clsact,
+};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use parking_lot::Mutex;
@@ -102,12 +104,31 @@ impl KernelDatapath {
             // would end the chain and hide traffic from the counters.
             for iface in &settings.interfaces {
                 let what = format!("{name} on {iface}");
-                let id = prog
-                    .attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::first()))
-                    .map_err(|e| attach_err(&what, e))?;
-                let link = FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(&what, e))?)
-                    .map_err(|e| attach_err(&what, e))?;
-                attached.push((format!("{name}_{}", sanitize(iface)), link));
+                match prog.attach_with_options(
+                    iface,
+                    kind,
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
+                ) {
+                    Ok(id) => {
+                        let link = prog.take_link(id).map_err(|e| attach_err(&what, e))?;
+                        let link = FdLink::try_from(link).map_err(|e| attach_err(&what, e))?;
+                        attached.push((format!("{name}_{}", sanitize(iface)), link));
+                    }
+                    // Kernels before 6.6 have no TCX: classic clsact/cls_bpf. Such a
+                    // filter is not a pinnable link; it lives as long as this agent.
+                    Err(tcx_error) => {
+                        tracing::info!(%iface, error = %chain(&tcx_error), "TCX attach failed; falling back to clsact");
+                        if let Err(e) = qdisc_add_clsact(iface) {
+                            tracing::debug!(%iface, error = %e, "clsact qdisc present or not addable");
+                        }
+                        prog.attach_with_options(
+                            iface,
+                            kind,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
+                        .map_err(|e| attach_err(&what, e))?;
+                    }
+                }
             }
         }
         let tables = Tables::take(&mut ebpf, settings.sk_msg)?;
