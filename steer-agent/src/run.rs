@@ -38,8 +38,15 @@ pub enum RunError {
     Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
-pub fn load_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
-    let file = args.config.as_deref().map(FileConfig::load).transpose()?;
+/// Settings from the config file (if any) and flags, and the file's bytes.
+pub fn load_settings(args: &RunArgs) -> Result<(Settings, Vec<u8>), ConfigError> {
+    let (file, bytes) = match args.config.as_deref() {
+        Some(path) => {
+            let (file, bytes) = FileConfig::load_with_bytes(path)?;
+            (Some(file), bytes)
+        }
+        None => (None, Vec::new()),
+    };
     let mut settings = Settings::resolve(file, &args.pools)?;
     let d = &mut settings.datapath;
     if let Some(mode) = args.datapath {
@@ -63,11 +70,11 @@ pub fn load_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
                     message: e.to_string(),
                 })?;
     }
-    Ok(settings)
+    Ok((settings, bytes))
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let settings = load_settings(&args)?;
+    let (settings, loaded) = load_settings(&args)?;
     if settings.models.is_empty() {
         tracing::warn!(
             "no models configured: every request will get 404 until a config file or --pool adds one"
@@ -98,6 +105,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let default_override = args.default_strategy.clone();
         tokio::spawn(watch_file(
             path,
+            loaded,
             args.pools.clone(),
             period,
             move |result| match result {

@@ -72,11 +72,18 @@ pub struct PrefixEntry {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::load_with_bytes(path).map(|(config, _)| config)
+    }
+
+    /// Also returns the bytes parsed, so a watcher compares against exactly
+    /// what was loaded (no window where a change goes unseen).
+    pub fn load_with_bytes(path: &Path) -> Result<(Self, Vec<u8>), ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &String::from_utf8_lossy(&bytes))?;
+        Ok((config, bytes))
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {

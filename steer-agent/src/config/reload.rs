@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use super::{FileConfig, PoolFlag, Settings};
 
-/// Calls `apply` with new settings each time the file's contents change and
-/// parse; a broken edit is logged and counted, and the last good settings stay.
+/// Calls `apply` with new settings each time the file's contents differ from
+/// `loaded` (what the running settings came from) or the last change, and
+/// parse; a broken edit is reported and the last good settings stay.
 pub async fn watch_file(
     path: PathBuf,
+    loaded: Vec<u8>,
     flags: Vec<PoolFlag>,
     period: Duration,
     mut apply: impl FnMut(Result<Settings, super::ConfigError>) + Send,
 ) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = Some(loaded);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
