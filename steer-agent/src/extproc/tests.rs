@@ -268,3 +268,74 @@ fn subset_hint_restricts_the_choice_to_the_gateways_pool() {
     let r = send(&mut s, body(CHAT, true), None);
     assert_eq!(status(&r[0]), Some(503));
 }
+
+#[test]
+fn arbitrary_message_sequences_never_panic() {
+    use envoy_types::pb::envoy::service::ext_proc::v3::HttpTrailers;
+    // Deterministic pseudo-random sequences: any order, any bytes, any mode.
+    let mut seed = 0x5eed_u64;
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z ^ (z >> 27)
+    };
+    let bodies = [
+        "",
+        CHAT,
+        "{",
+        "\u{0}\u{ff}garbage",
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+        r#"{"model":"nope"}"#,
+        "data: {\"usage\":{\"prompt_tokens\":1}}\n\n",
+    ];
+    let modes = [
+        None,
+        Some(BodySendMode::Buffered),
+        Some(BodySendMode::Streamed),
+        Some(BodySendMode::FullDuplexStreamed),
+        Some(BodySendMode::BufferedPartial),
+    ];
+    let shared = shared();
+    for _ in 0..2000 {
+        let mut s = StreamState::new(shared.clone());
+        for _ in 0..(next() % 8) {
+            let body_text = bodies[(next() % bodies.len() as u64) as usize];
+            let eos = next() % 2 == 0;
+            let request = match next() % 7 {
+                0 => headers(
+                    eos,
+                    &[
+                        ("content-length", "12"),
+                        ("routing-strategy", "prefix-cache"),
+                    ],
+                ),
+                1 => body(body_text, eos),
+                2 => Request::RequestTrailers(HttpTrailers::default()),
+                3 => Request::ResponseHeaders(HttpHeaders {
+                    headers: Some(header_map(&[
+                        (":status", "200"),
+                        ("content-type", "text/event-stream"),
+                    ])),
+                    end_of_stream: eos,
+                    ..Default::default()
+                }),
+                4 => Request::ResponseBody(HttpBody {
+                    body: body_text.as_bytes().to_vec(),
+                    end_of_stream: eos,
+                    ..Default::default()
+                }),
+                5 => Request::ResponseTrailers(HttpTrailers::default()),
+                _ => headers(true, &[(":method", "GET"), (":path", "/v1/models")]),
+            };
+            let mode = modes[(next() % modes.len() as u64) as usize];
+            let out = send(&mut s, request, mode);
+            // Full-duplex trailers may complete headers, body and trailers at once.
+            assert!(out.len() <= 3, "at most three replies per message");
+        }
+        s.after_reply();
+    }
+    // Every stream ended: no request is still counted in flight.
+    let snapshot = shared.router.pools().snapshot();
+    assert!(snapshot.endpoints.iter().all(|e| e.in_flight() == 0));
+}
