@@ -4,6 +4,8 @@
 //! prefix index, kernel pod tables (before anyone connects to a new pod, so
 //! sock_ops measures its first connection), scraper.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -53,6 +55,12 @@ impl Applier {
         self.apply(&sources);
     }
 
+    /// Engines' model lists changed (`discover_models`).
+    pub fn refresh(&self) {
+        let sources = self.sources.lock();
+        self.apply(&sources);
+    }
+
     /// A new view of the cluster.
     pub fn set_discovered(&self, discovered: Discovered) {
         let mut sources = self.sources.lock();
@@ -62,7 +70,11 @@ impl Applier {
 
     fn apply(&self, sources: &Sources) {
         let pools = self.shared.router.pools();
-        let removed = pools.update(effective(&sources.base, sources.discovered.as_ref()));
+        let mut settings = effective(&sources.base, sources.discovered.as_ref());
+        if settings.discover_models {
+            add_engine_models(&mut settings, &pools.engine_models());
+        }
+        let removed = pools.update(settings);
         self.shared.router.forget_pods(&removed);
         self.datapath.sync_pods_now(pools);
         self.scraper.reconcile();
@@ -93,6 +105,31 @@ pub fn effective(base: &Settings, discovered: Option<&Discovered>) -> Settings {
             .extend(endpoints.iter().filter(|e| e.node_local).map(|e| e.addr));
     }
     settings
+}
+
+/// Every model an engine of the pools lists (LoRA adapters, aliases) is
+/// routed to that engine; per-model options still come from the config.
+pub fn add_engine_models(settings: &mut Settings, listed: &BTreeMap<SocketAddr, Vec<String>>) {
+    let engines: BTreeSet<SocketAddr> = settings
+        .models
+        .values()
+        .flat_map(|m| m.endpoints.iter().copied())
+        .collect();
+    for addr in engines {
+        for model in listed.get(&addr).into_iter().flatten() {
+            let entry = settings
+                .models
+                .entry(model.clone())
+                .or_insert_with(|| ModelSettings {
+                    endpoints: Vec::new(),
+                    strategy: None,
+                    vip: None,
+                });
+            if !entry.endpoints.contains(&addr) {
+                entry.endpoints.push(addr);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,5 +172,40 @@ mod tests {
         assert!(s.node_local.contains(&"10.1.0.1:8000".parse().unwrap()));
         assert_eq!(s.node_local.len(), 1);
         assert_eq!(effective(&base, None), base);
+    }
+
+    #[test]
+    fn engine_listed_models_join_their_engines() {
+        let file: FileConfig = serde_yaml::from_str(
+            "models:\n  llama:\n    endpoints: [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n  sql-lora:\n    endpoints: []\n    strategy: prefix-cache\n",
+        )
+        .unwrap();
+        let mut s = Settings::resolve(Some(file), &[]).unwrap();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let stranger: SocketAddr = "10.9.9.9:80".parse().unwrap();
+        let listed = [
+            (
+                a,
+                vec![
+                    "llama".to_owned(),
+                    "sql-lora".to_owned(),
+                    "chat-lora".to_owned(),
+                ],
+            ),
+            (stranger, vec!["llama".to_owned()]),
+        ]
+        .into();
+        add_engine_models(&mut s, &listed);
+        assert_eq!(s.models["sql-lora"].endpoints, vec![a]);
+        assert_eq!(
+            s.models["sql-lora"].strategy,
+            Some(crate::routing::Strategy::PrefixCache)
+        );
+        assert_eq!(s.models["chat-lora"].endpoints, vec![a]);
+        assert_eq!(
+            s.models["llama"].endpoints.len(),
+            2,
+            "no duplicates, no strangers"
+        );
     }
 }

@@ -110,6 +110,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub unpin: bool,
 
+    /// Also route every model an engine lists at /v1/models (LoRA adapters,
+    /// aliases) to that engine (also `discover_models: true` in the config).
+    #[arg(long)]
+    pub discover_models: bool,
+
     /// Where endpoints come from: static (config file and --pool) or
     /// kubernetes (pods by label and InferencePools, in-cluster or KUBECONFIG;
     /// the config file still gives per-model strategy and VIP).

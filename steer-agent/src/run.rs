@@ -62,6 +62,7 @@ pub fn load_settings(args: &RunArgs) -> Result<(Settings, Vec<u8>), ConfigError>
         d.interfaces = args.tc_interfaces.clone();
     }
     d.sk_msg |= args.sk_msg;
+    settings.discover_models |= args.discover_models;
     if let Some(name) = &args.default_strategy {
         settings.default_strategy =
             name.parse()
@@ -103,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let (applier, metrics) = (applier.clone(), metrics.clone());
         let period = Duration::from_millis(args.reload_interval_ms.max(50));
         let default_override = args.default_strategy.clone();
+        let discover_models = args.discover_models;
         tokio::spawn(watch_file(
             path,
             loaded,
@@ -114,6 +116,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     {
                         settings.default_strategy = strategy;
                     }
+                    settings.discover_models |= discover_models;
                     applier.set_base(settings);
                     metrics.config_reloads.inc();
                 }
@@ -123,6 +126,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 }
             },
         ));
+    }
+    {
+        // Engines listing new models (LoRA adapters) change the pools too.
+        let (applier, pools) = (applier.clone(), pools.clone());
+        tokio::spawn(async move {
+            loop {
+                pools.engine_models_changed.notified().await;
+                applier.refresh();
+            }
+        });
     }
     if args.discovery == DiscoveryMode::Kubernetes {
         start_discovery(&args, &applier, &metrics).await?;

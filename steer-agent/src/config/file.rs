@@ -29,6 +29,9 @@ pub struct FileConfig {
     pub prefix_cache: PrefixEntry,
     #[serde(default)]
     pub datapath: DatapathEntry,
+    /// Route the models engines list at /v1/models (LoRA adapters) too.
+    #[serde(default)]
+    pub discover_models: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -238,6 +241,7 @@ impl FileConfig {
         };
         Ok(Settings {
             node_local: Default::default(),
+            discover_models: self.discover_models.unwrap_or(false),
             datapath,
             default_strategy,
             models,

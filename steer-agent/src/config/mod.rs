@@ -45,6 +45,9 @@ pub struct Settings {
     /// Endpoints known to run on this node (from discovery), for the
     /// datapath's node-local flag.
     pub node_local: BTreeSet<SocketAddr>,
+    /// Also route the models each engine lists at `/v1/models` (LoRA
+    /// adapters, aliases) to that engine.
+    pub discover_models: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -17,6 +18,10 @@ use super::{EndpointState, EngineMetrics, Pools};
 use crate::telemetry::{ErrorKind, Metrics};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// How often an engine's `/v1/models` is re-read (adapters come and go
+/// slower than load changes).
+const MODELS_PERIOD: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Scraper {
@@ -56,6 +61,7 @@ impl Scraper {
             let keep = snapshot.endpoints.iter().any(|e| e.addr == *addr);
             if !keep {
                 task.abort();
+                self.pools.forget_engine(*addr);
             }
             keep
         });
@@ -71,9 +77,19 @@ impl Scraper {
             Ok(uri) => uri,
             Err(_) => return,
         };
+        let mut models_due = tokio::time::Instant::now();
         loop {
-            let scrape = self.pools.load().settings.scrape;
-            match self.scrape_once(&uri, scrape.timeout).await {
+            // Copied out: the snapshot guard is not held across awaits.
+            let (scrape, discover_models) = {
+                let snapshot = self.pools.load();
+                (snapshot.settings.scrape, snapshot.settings.discover_models)
+            };
+            if discover_models && tokio::time::Instant::now() >= models_due {
+                self.refresh_models(&endpoint, scrape.timeout).await;
+                models_due = tokio::time::Instant::now() + MODELS_PERIOD;
+            }
+            let metrics = self.fetch(&uri, scrape.timeout).await;
+            match metrics.map(|body| EngineMetrics::parse(&String::from_utf8_lossy(&body))) {
                 Ok(metrics) => {
                     if !endpoint.is_ready() {
                         tracing::info!(pod = %endpoint.addr, "pod is back in rotation");
@@ -93,11 +109,8 @@ impl Scraper {
         }
     }
 
-    async fn scrape_once(
-        &self,
-        uri: &http::Uri,
-        timeout: std::time::Duration,
-    ) -> Result<EngineMetrics, ScrapeError> {
+    /// GET `uri` within `timeout`: the body of a 2xx answer.
+    async fn fetch(&self, uri: &http::Uri, timeout: Duration) -> Result<Bytes, ScrapeError> {
         let fetch = async {
             let response = self
                 .client
@@ -107,16 +120,59 @@ impl Scraper {
             if !response.status().is_success() {
                 return Err(ScrapeError::Status(response.status()));
             }
-            let body = response
-                .into_body()
-                .collect()
-                .await
+            let body = response.into_body().collect().await;
+            Ok(body
                 .map_err(|e| ScrapeError::Http(e.to_string()))?
-                .to_bytes();
-            Ok(EngineMetrics::parse(&String::from_utf8_lossy(&body)))
+                .to_bytes())
         };
         tokio::time::timeout(timeout, fetch)
             .await
             .map_err(|_| ScrapeError::Timeout)?
+    }
+
+    /// What the engine serves per `/v1/models` (base model, LoRA adapters).
+    async fn refresh_models(&self, endpoint: &EndpointState, timeout: Duration) {
+        let Ok(uri) = format!("http://{}/v1/models", endpoint.addr).parse::<http::Uri>() else {
+            return;
+        };
+        match self.fetch(&uri, timeout).await {
+            Ok(body) => match model_ids(&body) {
+                Some(ids) => self.pools.set_engine_models(endpoint.addr, ids),
+                None => {
+                    tracing::debug!(pod = %endpoint.addr, "/v1/models answer is not an OpenAI model list")
+                }
+            },
+            Err(error) => tracing::debug!(pod = %endpoint.addr, %error, "/v1/models fetch failed"),
+        }
+    }
+}
+
+/// The ids of an OpenAI `{"data":[{"id":...}]}` model list.
+fn model_ids(body: &[u8]) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        data: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    let list: List = serde_json::from_slice(body).ok()?;
+    Some(
+        list.data
+            .into_iter()
+            .map(|e| e.id)
+            .filter(|id| !id.trim().is_empty())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn model_ids_from_an_openai_list() {
+        let body = br#"{"object":"list","data":[{"id":"llama","object":"model"},{"id":"sql-lora","parent":"llama"},{"id":" "}]}"#;
+        assert_eq!(super::model_ids(body).unwrap(), ["llama", "sql-lora"]);
+        assert!(super::model_ids(b"<html>").is_none());
     }
 }

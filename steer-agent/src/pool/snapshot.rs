@@ -6,7 +6,7 @@
 //! (`EndpointState`) is shared across snapshots by address, so in-flight
 //! counts and scraped metrics survive reloads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -61,6 +61,10 @@ pub struct Pools {
     registry: Mutex<Registry>,
     /// Woken when a decision or pool change may alter a VIP's kernel table.
     pub vip_dirty: tokio::sync::Notify,
+    /// Models each engine lists at /v1/models (when `discover_models`).
+    engine_models: Mutex<BTreeMap<SocketAddr, Vec<String>>>,
+    /// Woken when an engine's model list changed.
+    pub engine_models_changed: tokio::sync::Notify,
 }
 
 impl Pools {
@@ -71,6 +75,8 @@ impl Pools {
             current: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
             vip_dirty: tokio::sync::Notify::new(),
+            engine_models: Mutex::default(),
+            engine_models_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -80,6 +86,25 @@ impl Pools {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Records what an engine serves; wakes the applier when it changed.
+    pub fn set_engine_models(&self, addr: SocketAddr, mut models: Vec<String>) {
+        models.sort();
+        models.dedup();
+        let mut known = self.engine_models.lock();
+        if known.get(&addr) != Some(&models) {
+            known.insert(addr, models);
+            self.engine_models_changed.notify_one();
+        }
+    }
+
+    pub fn forget_engine(&self, addr: SocketAddr) {
+        self.engine_models.lock().remove(&addr);
+    }
+
+    pub fn engine_models(&self) -> BTreeMap<SocketAddr, Vec<String>> {
+        self.engine_models.lock().clone()
     }
 
     /// Replaces the snapshot; returns the ids of pods that left every pool.

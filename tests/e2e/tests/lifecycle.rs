@@ -116,3 +116,77 @@ async fn a_pod_going_down_leaves_rotation_and_comes_back() {
     );
     drop(revived);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
+    // Engine 1 also serves a LoRA adapter the config never names.
+    let stack = common::stack(&["base", "base,sql-lora"], "least-request").await;
+    let client = Client::default();
+    let engines = vec![stack.engines[0].addr(), stack.engines[1].addr()];
+    assert_eq!(
+        client
+            .chat(stack.gateway(), "sql-lora", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // Only `base` in the config: the adapter is unknown...
+    steer_e2e::procs::write_config_with(
+        &stack.config,
+        "least-request",
+        &[("base", engines.clone())],
+        &[],
+        "",
+    )
+    .unwrap();
+    assert!(
+        common::eventually(10, || async {
+            client
+                .chat(stack.gateway(), "sql-lora", &[])
+                .await
+                .unwrap()
+                .status
+                == 404
+        })
+        .await
+    );
+    // ...until the agent reads the engines' /v1/models: then it goes to engine 1 only.
+    steer_e2e::procs::write_config_with(
+        &stack.config,
+        "least-request",
+        &[("base", engines)],
+        &[],
+        "discover_models: true\n",
+    )
+    .unwrap();
+    assert!(
+        common::eventually(10, || async {
+            client
+                .chat(stack.gateway(), "sql-lora", &[])
+                .await
+                .unwrap()
+                .status
+                == 200
+        })
+        .await,
+        "adapter discovered from /v1/models"
+    );
+    for _ in 0..5 {
+        let reply = client.chat(stack.gateway(), "sql-lora", &[]).await.unwrap();
+        assert_eq!(reply.header("x-mock-engine"), Some("engine-1"));
+    }
+    let models = client
+        .get(stack.gateway(), "/v1/models")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["base", "sql-lora"]);
+}
