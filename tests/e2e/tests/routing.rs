@@ -159,6 +159,47 @@ async fn prefix_cache_sends_a_repeated_prefix_to_the_same_pod() {
     assert!(distinct.len() >= 2, "groups spread over pods: {home:?}");
 }
 
+/// Sends long streams round-robin until `count` of them are still running
+/// (those on the fast pod finish at once, those on the slow pod 0 stay);
+/// the handles abort them when dropped.
+async fn hold_streams_on_slow_pod(
+    stack: &steer_e2e::Stack,
+    prompt: &str,
+    count: usize,
+) -> Vec<Held> {
+    let client = Client::default();
+    let mut held: Vec<Held> = Vec::new();
+    for _ in 0..40 {
+        if held.len() >= count {
+            break;
+        }
+        let (client, gw, prompt) = (client.clone(), stack.gateway(), prompt.to_owned());
+        held.push(Held(tokio::spawn(async move {
+            let body = chat_body("m", &prompt, true, 1000);
+            let _ = client
+                .post(
+                    gw,
+                    "/v1/chat/completions",
+                    &[("routing-strategy", "round-robin")],
+                    body,
+                )
+                .await;
+        })));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        held.retain(|t| !t.0.is_finished());
+    }
+    assert!(held.len() >= count, "could not occupy the slow pod");
+    held
+}
+
+struct Held(tokio::task::JoinHandle<()>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_avoids_a_busy_pod() {
     // Engine 0 decodes slowly (20 ms per token): whatever lands there stays in flight.
@@ -172,38 +213,13 @@ async fn least_request_avoids_a_busy_pod() {
     .map(String::from)
     .to_vec();
     let stack = steer_e2e::Stack::start(opts).await.unwrap();
-    let client = Client::default();
-    // Send long streams round-robin until three of them are running on the
-    // slow pod (those routed to the fast pod finish at once).
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        if held.len() >= 3 {
-            break;
-        }
-        let (client, gw) = (client.clone(), stack.gateway());
-        held.push(tokio::spawn(async move {
-            client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[("routing-strategy", "round-robin")],
-                    chat_body("m", "long", true, 1000),
-                )
-                .await
-        }));
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        held.retain(|t| !t.is_finished());
-    }
-    assert!(held.len() >= 3, "could not occupy the slow pod");
+    let _held = hold_streams_on_slow_pod(&stack, "long", 3).await;
     let hits = engines_hit(&stack, "least-request", 10, &[]).await;
     assert_eq!(
         hits.get("engine-1"),
         Some(&10),
         "busy pod avoided: {hits:?}"
     );
-    for t in held {
-        t.abort();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,27 +239,7 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
     .to_vec();
     let stack = steer_e2e::Stack::start(opts).await.unwrap();
     let client = Client::default();
-    let prompt = "fill the cache ".repeat(200);
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        if !held.is_empty() {
-            break;
-        }
-        let (client, gw, prompt) = (client.clone(), stack.gateway(), prompt.clone());
-        held.push(tokio::spawn(async move {
-            client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[("routing-strategy", "round-robin")],
-                    chat_body("m", &prompt, true, 1000),
-                )
-                .await
-        }));
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        held.retain(|t| !t.is_finished());
-    }
-    assert!(!held.is_empty(), "could not fill the slow pod's cache");
+    let _held = hold_streams_on_slow_pod(&stack, &"fill the cache ".repeat(200), 1).await;
     let engine0 = stack.engines[0].addr().to_string();
     let metrics = stack.metrics();
     assert!(
@@ -262,7 +258,4 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
         Some(&10),
         "full-cache pod avoided: {hits:?}"
     );
-    for t in held {
-        t.abort();
-    }
 }
