@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{ModelSettings, Settings};
+use crate::config::Settings;
 use crate::datapath::Datapath;
 use crate::discovery::Discovered;
 use crate::extproc::Shared;
@@ -91,14 +91,7 @@ pub fn effective(base: &Settings, discovered: Option<&Discovered>) -> Settings {
         return settings;
     };
     for (model, endpoints) in &discovered.models {
-        let entry = settings
-            .models
-            .entry(model.clone())
-            .or_insert_with(|| ModelSettings {
-                endpoints: Vec::new(),
-                strategy: None,
-                vip: None,
-            });
+        let entry = settings.models.entry(model.clone()).or_default();
         entry.endpoints = endpoints.iter().map(|e| e.addr).collect();
         settings
             .node_local
@@ -117,14 +110,7 @@ pub fn add_engine_models(settings: &mut Settings, listed: &BTreeMap<SocketAddr, 
         .collect();
     for addr in engines {
         for model in listed.get(&addr).into_iter().flatten() {
-            let entry = settings
-                .models
-                .entry(model.clone())
-                .or_insert_with(|| ModelSettings {
-                    endpoints: Vec::new(),
-                    strategy: None,
-                    vip: None,
-                });
+            let entry = settings.models.entry(model.clone()).or_default();
             if !entry.endpoints.contains(&addr) {
                 entry.endpoints.push(addr);
             }

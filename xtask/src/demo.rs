@@ -39,16 +39,7 @@ async fn demo(keep_running: bool) -> Result<()> {
     eprintln!("building release binaries (first run takes a few minutes)...");
     steer_e2e::ensure_built("release")?;
     // Realistic-ish engine: 50 us per uncached prompt token, 1 ms per output token.
-    let engine_args: Vec<String> = [
-        "--prefill-us-per-token",
-        "50",
-        "--decode-us-per-token",
-        "1000",
-        "--max-running",
-        "8",
-    ]
-    .map(String::from)
-    .to_vec();
+    let engine_args: Vec<String> = steer_e2e::engine_args(50, 1000, 8);
     let ports = port_pair_free(9002, 9090).then_some((9002, 9090));
     let kernel = KernelDemo::prepare();
     let mut options = StackOptions {

@@ -50,7 +50,7 @@ pub struct Settings {
     pub discover_models: bool,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelSettings {
     pub endpoints: Vec<SocketAddr>,
     pub strategy: Option<Strategy>,

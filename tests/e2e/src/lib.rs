@@ -25,12 +25,23 @@ pub fn chat_body(model: &str, prompt: &str, stream: bool, max_tokens: u32) -> St
     .to_string()
 }
 
+/// mock-engine timing flags: µs per uncached prompt token, µs per output
+/// token, and how many requests run at once (the rest queue).
+pub fn engine_args(prefill_us: u32, decode_us: u32, max_running: u32) -> Vec<String> {
+    [
+        "--prefill-us-per-token".to_owned(),
+        prefill_us.to_string(),
+        "--decode-us-per-token".to_owned(),
+        decode_us.to_string(),
+        "--max-running".to_owned(),
+        max_running.to_string(),
+    ]
+    .into()
+}
+
 /// Engines with no artificial delay: tests about routing, not latency.
 pub fn fast_engine() -> Vec<String> {
-    ["--prefill-us-per-token", "0", "--decode-us-per-token", "0"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    engine_args(0, 0, 16)
 }
 
 /// Reads one sample (`name{labels} value`) from Prometheus text; the labels

@@ -123,14 +123,14 @@ async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
     let stack = common::stack(&["base", "base,sql-lora"], "least-request").await;
     let client = Client::default();
     let engines = vec![stack.engines[0].addr(), stack.engines[1].addr()];
-    assert_eq!(
+    let lora_status = || async {
         client
             .chat(stack.gateway(), "sql-lora", &[])
             .await
             .unwrap()
-            .status,
-        200
-    );
+            .status
+    };
+    assert_eq!(lora_status().await, 200);
     // Only `base` in the config: the adapter is unknown...
     steer_e2e::procs::write_config_with(
         &stack.config,
@@ -140,17 +140,7 @@ async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
         "",
     )
     .unwrap();
-    assert!(
-        common::eventually(10, || async {
-            client
-                .chat(stack.gateway(), "sql-lora", &[])
-                .await
-                .unwrap()
-                .status
-                == 404
-        })
-        .await
-    );
+    assert!(common::eventually(10, || async { lora_status().await == 404 }).await);
     // ...until the agent reads the engines' /v1/models: then it goes to engine 1 only.
     steer_e2e::procs::write_config_with(
         &stack.config,
@@ -161,15 +151,7 @@ async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
     )
     .unwrap();
     assert!(
-        common::eventually(10, || async {
-            client
-                .chat(stack.gateway(), "sql-lora", &[])
-                .await
-                .unwrap()
-                .status
-                == 200
-        })
-        .await,
+        common::eventually(10, || async { lora_status().await == 200 }).await,
         "adapter discovered from /v1/models"
     );
     for _ in 0..5 {

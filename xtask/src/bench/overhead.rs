@@ -45,16 +45,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
             requests: 3000 / scale,
         },
     ];
-    let fast: Vec<String> = [
-        "--prefill-us-per-token",
-        "0",
-        "--decode-us-per-token",
-        "0",
-        "--max-running",
-        "1024",
-    ]
-    .map(String::from)
-    .to_vec();
+    let fast: Vec<String> = steer_e2e::engine_args(0, 0, 1024);
     let stack = Stack::start(StackOptions {
         profile: "release",
         engines: vec![("m".into(), fast)],

@@ -27,16 +27,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         max_tokens: 4,
     };
     let concurrency = 8;
-    let engine_args: Vec<String> = [
-        "--prefill-us-per-token",
-        "50",
-        "--decode-us-per-token",
-        "500",
-        "--max-running",
-        "4",
-    ]
-    .map(String::from)
-    .to_vec();
+    let engine_args: Vec<String> = steer_e2e::engine_args(50, 500, 4);
     let stack = Stack::start(StackOptions {
         profile: "release",
         engines: (0..4)
