@@ -17,9 +17,6 @@ use crate::pool::{Pools, Scraper};
 use crate::router::Router;
 use crate::telemetry::{AdminState, ErrorKind, Metrics, serve_admin};
 
-/// gRPC framing and metadata on top of the largest body we accept.
-const GRPC_OVERHEAD: usize = 64 << 10;
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -81,7 +78,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             "no models configured: every request will get 404 until a config file or --pool adds one"
         );
     }
-    let max_message = settings.max_body_bytes + GRPC_OVERHEAD;
     let datapath_settings = settings.datapath.clone();
     let pools = Arc::new(Pools::new(settings));
     let metrics = Metrics::new(pools.clone());
@@ -183,9 +179,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     });
 
+    // A fixed transport ceiling: `max_body_bytes` can change on reload and is
+    // enforced per stream by the agent, with an OpenAI-style 413.
     let service = ExternalProcessorServer::new(ExtProcService::new(shared))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+        .max_decoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES);
     // tonic's own tcp_nodelay applies only to listeners it binds itself.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(ext_proc_listener).map(|conn| {
         conn.inspect(|tcp| {

@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the whole decision path on one laptop.
+//! `cargo xtask demo`: the whole decision path on one laptop, through real
+//! Envoy running the shipped `deploy/envoy/envoy.yaml`.
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ pub fn run(keep_running: bool) -> Result<()> {
         tokio::select! {
             result = demo(keep_running) => result,
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("\ninterrupted: stopping engines, agent and gateway");
+                eprintln!("\ninterrupted: stopping engines, agent and Envoy");
                 Ok(())
             }
         }
@@ -48,8 +49,6 @@ async fn demo(keep_running: bool) -> Result<()> {
             .map(|_| ("qwen,llama".to_owned(), engine_args.clone()))
             .collect(),
         default_strategy: "prefix-cache".into(),
-        standin_args: Vec::new(),
-        agent_args: Vec::new(),
         agent_ports: ports,
         ..Default::default()
     };
@@ -58,7 +57,8 @@ async fn demo(keep_running: bool) -> Result<()> {
     }
     let stack = Stack::start(options).await?;
     println!(
-        "Steer demo: 4 mock vLLM engines (models qwen, llama), steer-agent, Envoy stand-in — all on loopback"
+        "Steer demo: 4 mock vLLM engines (models qwen, llama), steer-agent, Envoy {} — all on loopback",
+        stack.envoy.version
     );
     for (i, e) in stack.engines.iter().enumerate() {
         println!("  engine-{i}  http://{}", e.addr());
@@ -69,9 +69,15 @@ async fn demo(keep_running: bool) -> Result<()> {
         stack.metrics()
     );
     println!(
-        "  gateway   http://{}  (OpenAI API; try: curl http://{}/v1/models)\n",
+        "  envoy     http://{}  (OpenAI API; try: curl http://{}/v1/models)",
         stack.gateway(),
         stack.gateway()
+    );
+    println!(
+        "            admin http://{}  (curl http://{}/stats | grep ext_proc)  config {}\n",
+        stack.envoy.admin,
+        stack.envoy.admin,
+        stack.envoy.config_file.display()
     );
 
     let client = Client::default();
@@ -120,6 +126,15 @@ async fn demo(keep_running: bool) -> Result<()> {
         "\nagent decision time (body received → reply): mean {:.1} us over {decisions} decisions",
         decision_sum / decisions.max(1.0) * 1e6
     );
+    let stats = stack.envoy.stats().await?;
+    let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+    let streams = stat("http.openai.ext_proc.streams_started");
+    println!(
+        "Envoy {}: {streams} ext_proc streams, {:.1} messages sent to the agent per request, {} upstream requests",
+        stack.envoy.version,
+        stat("http.openai.ext_proc.stream_msgs_sent") as f64 / streams.max(1) as f64,
+        stat("cluster.engine_pods.upstream_rq_total"),
+    );
     println!("\nWhere to look:");
     println!(
         "  curl -s http://{}/metrics | grep ^steer_     # decisions, latency, errors, per-pod state",
@@ -132,6 +147,10 @@ async fn demo(keep_running: bool) -> Result<()> {
     println!(
         "  curl -s http://{}/v1/chat/completions -H 'routing-strategy: prefix-cache' \\\n       -d '{{\"model\":\"qwen\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}' -i",
         stack.gateway()
+    );
+    println!(
+        "  curl -s http://{}/stats | grep -E 'ext_proc|engine_pods.upstream_rq_[0-9]'   # Envoy's own counters",
+        stack.envoy.admin
     );
     if let Some(k) = &kernel {
         k.show(&stack, &client).await?;
@@ -146,7 +165,7 @@ async fn demo(keep_running: bool) -> Result<()> {
         k.cleanup();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    println!("\nstopped engines, agent and gateway.");
+    println!("\nstopped engines, agent and Envoy.");
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod kernel_demo;
 mod setup;
 mod setup_deploy;
 mod setup_ebpf;
+mod setup_envoy;
 mod stats;
 mod test;
 mod workload;

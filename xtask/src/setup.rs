@@ -16,6 +16,7 @@ pub fn run() -> Result<()> {
     crate::setup_ebpf::run()?;
     python_sdk()?;
     crate::setup_deploy::run()?;
+    crate::setup_envoy::run()?;
     Ok(())
 }
 

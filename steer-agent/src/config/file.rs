@@ -191,6 +191,21 @@ impl FileConfig {
                 3,
             )? as u32,
         };
+        // At most the gRPC transport's fixed ceiling.
+        let max_body_bytes = positive(
+            "max_body_bytes",
+            self.max_body_bytes.map(|v| v as u64),
+            8 << 20,
+        )? as usize;
+        if max_body_bytes > super::MAX_BODY_BYTES_LIMIT {
+            return Err(invalid(
+                "max_body_bytes".into(),
+                format!(
+                    "{max_body_bytes} is above the largest supported body, {} bytes",
+                    super::MAX_BODY_BYTES_LIMIT
+                ),
+            ));
+        }
         let p = &self.prefix_cache;
         let defaults = PrefixParams::default();
         let imbalance_rel = p.imbalance_rel.unwrap_or(defaults.imbalance_rel);
@@ -245,11 +260,7 @@ impl FileConfig {
             datapath,
             default_strategy,
             models,
-            max_body_bytes: positive(
-                "max_body_bytes",
-                self.max_body_bytes.map(|v| v as u64),
-                8 << 20,
-            )? as usize,
+            max_body_bytes,
             scrape,
             prefix,
         })
@@ -309,6 +320,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_body_bytes"), "{err}");
+        let err = settings("c.yaml", "max_body_bytes: 1000000000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("largest supported body"), "{err}");
         assert!(matches!(
             FileConfig::parse(Path::new("c.ini"), ""),
             Err(ConfigError::Format { .. })

@@ -10,6 +10,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use file::FileConfig;
+
+/// The largest `max_body_bytes` a config may set: the gRPC transport decodes
+/// messages up to [`MAX_GRPC_MESSAGE_BYTES`], a fixed ceiling, and the agent
+/// enforces the configured (reloadable) limit itself.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
+/// The transport ceiling: the largest body plus gRPC framing and metadata.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BODY_BYTES_LIMIT + (64 << 10);
 pub use reload::watch_file;
 
 use crate::routing::{PrefixParams, Strategy};

@@ -58,16 +58,26 @@ impl RequestError {
         }
     }
 
-    /// `{"error":{"message","type","param","code"}}` as OpenAI returns it.
-    pub fn openai_json(&self) -> Vec<u8> {
-        let (kind, code) = match self.kind() {
+    /// OpenAI's `error.type` and `error.code`.
+    fn type_and_code(&self) -> (&'static str, &'static str) {
+        match self.kind() {
             ErrorKind::UnknownModel => ("invalid_request_error", "model_not_found"),
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large"),
             ErrorKind::UnknownStrategy => ("invalid_request_error", "invalid_routing_strategy"),
             ErrorKind::NoReadyEndpoint => ("service_unavailable_error", "no_ready_endpoint"),
             ErrorKind::InvalidJson => ("invalid_request_error", "invalid_json"),
             _ => ("invalid_request_error", "missing_model"),
-        };
+        }
+    }
+
+    /// The stable `error.code` (also sent as `x-steer-error`).
+    pub fn code(&self) -> &'static str {
+        self.type_and_code().1
+    }
+
+    /// `{"error":{"message","type","param","code"}}` as OpenAI returns it.
+    pub fn openai_json(&self) -> Vec<u8> {
+        let (kind, code) = self.type_and_code();
         let body = serde_json::json!({
             "error": {
                 "message": self.to_string(),

@@ -155,12 +155,16 @@ pub fn immediate(
     }))
 }
 
+/// An OpenAI-style error. `x-steer-error: <code>` marks the reply as the
+/// agent's: the shipped Envoy configs' `local_reply_config` leaves such
+/// replies unchanged and rewrites Envoy's own errors into the same shape.
 pub fn error(err: &RequestError) -> ProcessingResponse {
     immediate(
         err.status(),
         &[
             ("content-type", "application/json"),
             (err.error_header(), "true"),
+            ("x-steer-error", err.code()),
         ],
         err.openai_json(),
         err.kind().metric_label(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures::future::Either;
 use futures::{Stream, StreamExt, stream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -44,8 +45,11 @@ impl ExternalProcessor for ExtProcService {
         let inbound = request.into_inner();
         let state = StreamState::new(self.shared.clone());
         let replies = stream::unfold(
-            (inbound, state, false),
-            |(mut inbound, mut state, replied)| async move {
+            (inbound, state, false, false),
+            |(mut inbound, mut state, replied, failed)| async move {
+                if failed {
+                    return None;
+                }
                 // Work deferred until the previous replies were handed to the
                 // transport, so it never delays Envoy.
                 if replied {
@@ -57,14 +61,18 @@ impl ExternalProcessor for ExtProcService {
                             let mut out = Vec::with_capacity(2);
                             state.on_message(message, &mut out);
                             if !out.is_empty() {
-                                let batch = stream::iter(out.into_iter().map(Ok));
-                                return Some((batch, (inbound, state, true)));
+                                let batch = Either::Left(stream::iter(out).map(Ok));
+                                return Some((batch, (inbound, state, true, false)));
                             }
                         }
                         Ok(None) => return None,
+                        // An undecodable message (or a broken stream) ends the
+                        // stream with an error status, never OK: Envoy then applies
+                        // its failure mode instead of forwarding the request unrouted.
                         Err(status) => {
-                            tracing::debug!(%status, "ext_proc stream ended by peer");
-                            return None;
+                            tracing::debug!(%status, "ext_proc stream failed");
+                            let batch = Either::Right(stream::once(async { Err(status) }));
+                            return Some((batch, (inbound, state, false, true)));
                         }
                     }
                 }

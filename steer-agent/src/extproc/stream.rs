@@ -10,6 +10,11 @@
 //!   and the body goes back whole as a streamed body response.
 //! - STREAMED: routing needs the body before headers go upstream, so the
 //!   headers reply asks Envoy to switch to BUFFERED (`mode_override`).
+//!
+//! Envoy announces its modes in `protocol_config` (Envoy >= 1.34). Without
+//! it the agent assumes BUFFERED, offers `mode_override` to BUFFERED anyway
+//! (honoured when `allow_mode_override` is set), and treats a non-final body
+//! chunk as STREAMED rather than as an overflowing buffer.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +35,8 @@ pub struct StreamState {
     shared: Arc<Shared>,
     request_mode: BodySendMode,
     response_mode: BodySendMode,
+    /// Envoy sent `protocol_config`: the modes above are known, not assumed.
+    modes_known: bool,
     meta: RequestMeta,
     /// Inference Extension subset hint: allowed endpoints, if the gateway sent one.
     subset: Option<Vec<std::net::SocketAddr>>,
@@ -49,6 +56,7 @@ impl StreamState {
             shared,
             request_mode: BodySendMode::Buffered,
             response_mode: BodySendMode::Streamed,
+            modes_known: false,
             meta: RequestMeta::default(),
             subset: None,
             request_id: String::new(),
@@ -68,6 +76,7 @@ impl StreamState {
         if let Some(config) = message.protocol_config {
             self.request_mode = mode(config.request_body_mode);
             self.response_mode = mode(config.response_body_mode);
+            self.modes_known = true;
         }
         if self.ended {
             return;
@@ -153,6 +162,7 @@ impl StreamState {
         match self.request_mode {
             BodySendMode::FullDuplexStreamed => {}
             BodySendMode::Streamed => out.push(reply::buffer_request_body()),
+            _ if !self.modes_known => out.push(reply::buffer_request_body()),
             _ => out.push(reply::proceed(Phase::RequestHeaders)),
         }
     }
@@ -182,6 +192,10 @@ impl StreamState {
             self.body.extend_from_slice(&chunk);
         }
         if !end_of_stream {
+            if !self.modes_known && self.request_mode == BodySendMode::Buffered {
+                // A BUFFERED body arrives whole: this Envoy is streaming it.
+                self.request_mode = BodySendMode::Streamed;
+            }
             match self.request_mode {
                 BodySendMode::FullDuplexStreamed => {}
                 // BUFFERED_PARTIAL sends a partial body when Envoy's buffer

@@ -6,14 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<HttpConnector, Body>,
 }
+
+type Body = BoxBody<Bytes, std::convert::Infallible>;
 
 #[derive(Clone, Debug)]
 pub struct Reply {
@@ -64,17 +67,43 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Reply> {
+        self.send(method, addr, path, headers, body.into(), false)
+            .await
+    }
+
+    /// `chunked`: send the body with `transfer-encoding: chunked` (1 MiB
+    /// chunks, no content-length) instead of one sized body.
+    async fn send(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        chunked: bool,
+    ) -> Result<Reply> {
         let mut builder = hyper::Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"));
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let body: Bytes = body.into();
         if !body.is_empty() {
             builder = builder.header("content-type", "application/json");
         }
-        let request = builder.body(Full::new(body))?;
+        let body: Body = if chunked {
+            let chunks: Vec<_> = (0..body.len())
+                .step_by(1 << 20)
+                .map(|at| {
+                    let chunk = body.slice(at..body.len().min(at + (1 << 20)));
+                    Ok(hyper::body::Frame::data(chunk))
+                })
+                .collect();
+            StreamBody::new(futures::stream::iter(chunks)).boxed()
+        } else {
+            Full::new(body).boxed()
+        };
+        let request = builder.body(body)?;
         let started = Instant::now();
         let response = tokio::time::timeout(Duration::from_secs(60), self.inner.request(request))
             .await
@@ -123,6 +152,19 @@ impl Client {
         body: impl Into<Bytes>,
     ) -> Result<Reply> {
         self.request("POST", addr, path, headers, body).await
+    }
+
+    /// [`Client::post`], optionally with a chunked body.
+    pub async fn post_with(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+        chunked: bool,
+    ) -> Result<Reply> {
+        self.send("POST", addr, path, headers, body.into(), chunked)
+            .await
     }
 
     /// A one-token, non-streaming chat completion for `model`.

@@ -1,13 +1,15 @@
 //! The process harness shared by the end-to-end tests, `cargo xtask demo`
-//! and `cargo xtask bench`: starts mock engines, the agent and the Envoy
-//! stand-in on loopback, and a small HTTP client that measures time to first
-//! byte.
+//! and `cargo xtask bench`: starts mock engines, the agent and a real Envoy
+//! (from the shipped bootstraps) on loopback, and a small HTTP client that
+//! measures time to first byte.
 
 pub mod client;
+pub mod envoy;
 pub mod netlab;
 pub mod procs;
 
 pub use client::{Client, Reply};
+pub use envoy::{DEFAULT_ENVOY, ENVOY_VERSIONS, Envoy, EnvoyConfig};
 pub use procs::{Proc, Stack, StackOptions, binary_dir, ensure_built, write_config};
 
 /// An OpenAI chat request body.

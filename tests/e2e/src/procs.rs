@@ -40,7 +40,8 @@ pub fn ensure_built(profile: &str) -> Result<()> {
         "-p",
         "mock-engine",
         "-p",
-        "envoy-standin",
+        "steer-e2e",
+        "--bins",
     ]);
     if profile == "release" {
         cmd.arg("--release");
@@ -111,6 +112,20 @@ impl Proc {
             .filter_map(|t| t.parse().ok())
             .collect();
         Ok(Self { name, addrs, child })
+    }
+
+    /// Wraps an already spawned child (addresses filled in by the caller).
+    pub fn from_child(name: String, child: Child) -> Self {
+        Self {
+            name,
+            addrs: Vec::new(),
+            child,
+        }
+    }
+
+    /// The exit status if the child has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -187,7 +202,9 @@ pub struct StackOptions {
     /// Per engine: (models served, comma-separated; extra mock-engine args).
     pub engines: Vec<(String, Vec<String>)>,
     pub default_strategy: String,
-    pub standin_args: Vec<String>,
+    /// Which shipped Envoy bootstrap, on which Envoy version (default: the newest).
+    pub envoy_config: crate::EnvoyConfig,
+    pub envoy_version: Option<&'static str>,
     pub agent_args: Vec<String>,
     /// Fixed agent (ext_proc, metrics) ports instead of ephemeral ones.
     pub agent_ports: Option<(u16, u16)>,
@@ -202,13 +219,13 @@ pub struct StackOptions {
     pub datapath: bool,
 }
 
-/// Engines + agent + stand-in on loopback, with a config file the test can
-/// rewrite (hot reload).
+/// Engines + agent + a real Envoy (from a shipped bootstrap) on loopback,
+/// with a config file the test can rewrite (hot reload).
 #[derive(Debug)]
 pub struct Stack {
     pub engines: Vec<Proc>,
     pub agent: Proc,
-    pub standin: Proc,
+    pub envoy: crate::Envoy,
     pub config: PathBuf,
     pub dir: PathBuf,
 }
@@ -278,26 +295,26 @@ impl Stack {
             "steer-agent listening",
         )
         .await?;
-        let mut standin_args = vec![
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--ext-proc".into(),
-            agent.addrs[0].to_string(),
-        ];
-        standin_args.extend(opts.standin_args.iter().cloned());
-        let standin =
-            Proc::spawn(&bins.join("envoy-standin"), &standin_args, "listening on").await?;
+        let doc = crate::envoy::render(opts.envoy_config, agent.addrs[0])?;
+        let envoy = crate::Envoy::start(
+            opts.envoy_version.unwrap_or(crate::DEFAULT_ENVOY),
+            &doc,
+            &dir,
+            &opts.envoy_config.path(),
+        )
+        .await?;
         Ok(Self {
             engines,
             agent,
-            standin,
+            envoy,
             config,
             dir,
         })
     }
 
+    /// Envoy's HTTP listener: where clients send OpenAI requests.
     pub fn gateway(&self) -> SocketAddr {
-        self.standin.addr()
+        self.envoy.listener
     }
 
     pub fn ext_proc(&self) -> SocketAddr {
@@ -330,7 +347,7 @@ impl Drop for Stack {
     }
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)

@@ -11,9 +11,6 @@ pub fn opts(models: &[&str], default_strategy: &str) -> StackOptions {
             .map(|m| ((*m).to_owned(), fast_engine()))
             .collect(),
         default_strategy: default_strategy.to_owned(),
-        standin_args: vec!["--debug-headers".into()],
-        agent_args: Vec::new(),
-        agent_ports: None,
         ..Default::default()
     }
 }
@@ -22,6 +19,27 @@ pub async fn stack(models: &[&str], default_strategy: &str) -> Stack {
     Stack::start(opts(models, default_strategy))
         .await
         .expect("stack starts")
+}
+
+/// Every request a test sent has ended: the agent's per-pod in-flight count
+/// is back at 0 for every pod (checked before the stack goes away).
+pub async fn assert_idle(stack: &Stack) {
+    let client = steer_e2e::Client::default();
+    let mut busy = Vec::new();
+    for _ in 0..200 {
+        let text = client.metrics(stack.metrics()).await.unwrap_or_default();
+        busy = text
+            .lines()
+            .filter(|l| l.starts_with("steer_pod_in_flight{"))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) != Some(0.0))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if busy.is_empty() && !text.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("steer_pod_in_flight did not return to 0: {busy:?}");
 }
 
 /// Polls `check` every 50 ms for up to `secs` seconds.

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use steer_e2e::netlab::{Lab, engine_behind, require_privileges};
-use steer_e2e::{Client, Proc, binary_dir, chat_body, ensure_built, metric_value};
+use steer_e2e::{
+    Client, DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, binary_dir, chat_body, ensure_built,
+    metric_value,
+};
 
 struct Rig {
     lab: Lab,
@@ -58,19 +61,13 @@ impl Rig {
             .unwrap()
     }
 
-    async fn standin(&self, agent: &Proc) -> Proc {
-        Proc::spawn(
-            &binary_dir("debug").join("envoy-standin"),
-            &[
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--ext-proc".into(),
-                agent.addrs[0].to_string(),
-            ],
-            "listening on",
-        )
-        .await
-        .unwrap()
+    /// Real Envoy from the shipped `envoy.yaml`, in front of `agent`.
+    async fn envoy(&self, agent: &Proc) -> Envoy {
+        let doc = steer_e2e::envoy::render(EnvoyConfig::Buffered, agent.addrs[0]).unwrap();
+        let dir = std::env::temp_dir().join(format!("steer-datapath-envoy-{}", self.lab.tag));
+        Envoy::start(DEFAULT_ENVOY, &doc, &dir, &EnvoyConfig::Buffered.path())
+            .await
+            .unwrap()
     }
 
     /// Which engine answers at `addr`, asked from inside (or outside) the lab cgroup.
@@ -135,12 +132,12 @@ async fn connect4_steers_a_vip_to_the_agents_choice() {
     }
     let rig = Rig::new().await;
     let agent = rig.agent(&["--unpin"]).await;
-    let standin = rig.standin(&agent).await;
+    let envoy = rig.envoy(&agent).await;
     let client = Client::default();
 
     // Each round-robin decision moves the VIP; new connections follow it.
     for _ in 0..4 {
-        let chosen = route_once(&client, standin.addr(), "round-robin").await;
+        let chosen = route_once(&client, envoy.listener, "round-robin").await;
         let followed = common::eventually(3, || async {
             rig.who_answers(rig.vip, true).await.as_deref() == Ok(&chosen)
         })
@@ -196,7 +193,7 @@ async fn connect4_steers_a_vip_to_the_agents_choice() {
     assert!(get("connect_rewrite") >= 5);
     assert!(get("connect_no_backend") >= 1);
     assert!(get("revnat_hit") >= 1);
-    drop(standin);
+    drop(envoy);
     assert!(agent.terminate().await.is_some_and(|s| s.success()));
     assert!(
         !rig.lab.pin_dir.join("STEER_VIPS").exists(),
@@ -213,7 +210,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
     // Congest pod 1's link: a slow token bucket kept full by a bulk upload.
     let bulk = rig.lab.pods[1].congest(800).await.unwrap();
     let agent = rig.agent(&["--unpin"]).await;
-    let standin = rig.standin(&agent).await;
+    let envoy = rig.envoy(&agent).await;
     let client = Client::default();
 
     // The agent's own scrapes (every 50 ms) give sock_ops RTT samples.
@@ -247,7 +244,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
     assert!(srtt_exported, "kernel RTT exported as a metric");
     for _ in 0..10 {
         assert_eq!(
-            route_once(&client, standin.addr(), "least-latency").await,
+            route_once(&client, envoy.listener, "least-latency").await,
             "pod-0"
         );
     }
@@ -257,7 +254,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
     let prompt = "x".repeat(200_000);
     let reply = client
         .post(
-            standin.addr(),
+            envoy.listener,
             "/v1/chat/completions",
             &[("routing-strategy", "least-latency")],
             chat_body("m", &prompt, false, 1),
@@ -272,7 +269,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
         "TC counted {sent} bytes for a 200 kB body"
     );
     drop(bulk);
-    drop(standin);
+    drop(envoy);
     agent.terminate().await;
 }
 
@@ -283,16 +280,16 @@ async fn restart_keeps_steering_and_unpin_cleans_up() {
     }
     let rig = Rig::new().await;
     let agent = rig.agent(&[]).await;
-    let standin = rig.standin(&agent).await;
+    let envoy = rig.envoy(&agent).await;
     let client = Client::default();
-    let chosen = route_once(&client, standin.addr(), "round-robin").await;
+    let chosen = route_once(&client, envoy.listener, "round-robin").await;
     assert!(
         common::eventually(3, || async {
             rig.who_answers(rig.vip, true).await.as_deref() == Ok(&chosen)
         })
         .await
     );
-    drop(standin);
+    drop(envoy);
     assert!(agent.terminate().await.is_some_and(|s| s.success()));
 
     // Agent gone: pins and programs stay, the node stays steered.
@@ -392,10 +389,10 @@ async fn without_bpf_privileges_the_agent_runs_header_only() {
         metric_value(&metrics, "steer_datapath_mode", &[("mode", "header-only")]),
         Some(1.0)
     );
-    let standin = rig.standin(&agent).await;
-    let engine = route_once(&client, standin.addr(), "round-robin").await;
+    let envoy = rig.envoy(&agent).await;
+    let engine = route_once(&client, envoy.listener, "round-robin").await;
     assert!(engine.starts_with("pod-"));
-    drop(standin);
+    drop(envoy);
     agent.terminate().await;
     // required: refuses to start, with the reason.
     let out = agent_cmd("required").output().await.unwrap();

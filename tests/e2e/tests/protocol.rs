@@ -2,7 +2,7 @@
 
 mod common;
 
-use steer_e2e::{Client, Stack, chat_body, metric_value};
+use steer_e2e::{Client, EnvoyConfig, Stack, chat_body, metric_value};
 
 async fn error_of(
     stack: &Stack,
@@ -236,13 +236,12 @@ async fn models_list_and_bodiless_requests_do_not_hang() {
     assert_eq!(reply.json().unwrap()["error"]["code"], "missing_model");
 }
 
-async fn body_mode_roundtrip(mode: &[&str]) {
+async fn body_mode_roundtrip(config: EnvoyConfig) {
     let mut opts = common::opts(&["m", "m"], "prefix-cache");
-    opts.standin_args
-        .extend(mode.iter().map(|s| (*s).to_owned()));
+    opts.envoy_config = config;
     let stack = Stack::start(opts).await.unwrap();
     let client = Client::default();
-    // Large enough to arrive in several chunks (stand-in chunk size 16 KiB).
+    // Large enough that Envoy streams it in several chunks (full duplex).
     let prompt = "lorem ipsum ".repeat(10_000);
     for stream in [false, true] {
         let reply = client
@@ -254,7 +253,7 @@ async fn body_mode_roundtrip(mode: &[&str]) {
             )
             .await
             .unwrap();
-        assert_eq!(reply.status, 200, "{mode:?}: {}", reply.text());
+        assert_eq!(reply.status, 200, "{config:?}: {}", reply.text());
         let prompt_tokens: u64 = reply.header("x-prompt-tokens").unwrap().parse().unwrap();
         assert!(
             prompt_tokens > 30_000,
@@ -262,14 +261,101 @@ async fn body_mode_roundtrip(mode: &[&str]) {
         );
         assert!(reply.header("target-pod").is_some());
     }
+    long_prompts_and_body_limits(&stack).await;
+    common::assert_idle(&stack).await;
+}
+
+/// A 2 MB prompt (a ~500k-token context) is served; a body over the agent's
+/// `max_body_bytes` (8 MiB) gets the agent's 413, one over Envoy's buffer
+/// (20 MiB) Envoy's 413 — both OpenAI-style JSON, with and without
+/// content-length.
+async fn long_prompts_and_body_limits(stack: &Stack) {
+    let client = Client::default();
+    let body = |bytes: usize| chat_body("m", &"word ".repeat(bytes / 5), false, 1);
+    let reply = client
+        .post(
+            stack.gateway(),
+            "/v1/chat/completions",
+            &[],
+            body(2_000_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "2 MB prompt: {}", reply.text());
+    for (bytes, by) in [(9_000_000, "agent"), (21_000_000, "envoy")] {
+        for chunked in [false, true] {
+            let reply = client
+                .post_with(
+                    stack.gateway(),
+                    "/v1/chat/completions",
+                    &[],
+                    body(bytes),
+                    chunked,
+                )
+                .await
+                .unwrap();
+            let what = format!("{bytes} bytes (chunked: {chunked})");
+            assert_eq!(reply.status, 413, "{what}: {}", reply.text());
+            let json = reply.json().unwrap();
+            assert_eq!(json["error"]["code"], "request_too_large", "{what}: {json}");
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            // With content-length the agent refuses any size over its limit at
+            // once (its header marks the reply); a chunked body over Envoy's
+            // buffer is refused by Envoy (BUFFERED) and rewritten by
+            // local_reply_config, or by the agent when the body streams to it.
+            if by == "agent" || !chunked {
+                assert_eq!(
+                    reply.header("x-steer-error"),
+                    Some("request_too_large"),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_body_mode_serves_long_prompts_and_limits() {
+    body_mode_roundtrip(EnvoyConfig::Buffered).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_streamed_body_mode() {
-    body_mode_roundtrip(&["--request-body-mode", "full-duplex"]).await;
+    body_mode_roundtrip(EnvoyConfig::FullDuplex).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streamed_body_mode_is_switched_to_buffered_when_allowed() {
-    body_mode_roundtrip(&["--request-body-mode", "streamed", "--allow-mode-override"]).await;
+async fn envoy_errors_are_openai_json_when_the_agent_is_down() {
+    let mut stack = common::stack(&["m"], "least-request").await;
+    let client = Client::default();
+    assert_eq!(
+        client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+        200
+    );
+    // The agent is down: Envoy's failure mode (fail closed) answers 500.
+    stack.agent.stop().await;
+    let reply = client.chat(stack.gateway(), "m", &[]).await.unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let json = reply.json().unwrap();
+    assert_eq!(json["error"]["code"], "routing_unavailable", "{json}");
+    assert_eq!(json["error"]["type"], "server_error");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ext_proc"),
+        "{json}"
+    );
+    let failures = stack
+        .envoy
+        .stat("http.openai.ext_proc.streams_failed")
+        .await
+        .unwrap()
+        + stack
+            .envoy
+            .stat("http.openai.ext_proc.streams_closed")
+            .await
+            .unwrap();
+    assert!(failures >= 1, "Envoy counted the ext_proc failure");
 }

@@ -38,11 +38,15 @@ async fn routes_by_model_and_sets_destination_headers() {
                 .header("x-echo-x-request-id")
                 .is_some_and(|id| id.len() >= 16)
         );
-        assert_eq!(reply.header("x-standin-route-cache-cleared"), Some("true"));
-        let meta: serde_json::Value =
-            serde_json::from_str(reply.header("x-standin-dynamic-metadata").unwrap()).unwrap();
-        assert_eq!(meta["envoy.lb"]["x-gateway-destination-endpoint"], target);
         assert_eq!(reply.json().unwrap()["model"], "llama");
+        // Envoy's access log: the route was re-picked on X-Gateway-Model-Name
+        // (clear_route_cache), the agent's envoy.lb metadata arrived, and the
+        // request reached the pod the agent named.
+        let id = reply.header("x-request-id").unwrap();
+        let entry = stack.envoy.access_log_entry(id).await.expect("access log");
+        assert_eq!(entry["route"], "llama", "{entry}");
+        assert_eq!(entry["endpoint"], target, "{entry}");
+        assert_eq!(entry["upstream"], target, "{entry}");
     }
     let reply = client
         .post(
@@ -62,6 +66,13 @@ async fn routes_by_model_and_sets_destination_headers() {
         Some("client-chosen-id")
     );
     assert_eq!(reply.header("x-request-id"), Some("client-chosen-id"));
+    let entry = stack
+        .envoy
+        .access_log_entry("client-chosen-id")
+        .await
+        .unwrap();
+    assert_eq!(entry["route"], "qwen", "{entry}");
+    common::assert_idle(&stack).await;
 }
 
 async fn engines_hit(

@@ -1,12 +1,15 @@
-//! `cargo xtask bench`: decision overhead, agent CPU per decision, routing
-//! quality on a shared-prefix workload, and (as root) the kernel datapath:
-//! connect() cost, kernel vs userspace RTT, sk_msg on/off. Writes JSON +
-//! markdown to `target/bench/` and prints the table. Every loop is bounded
+//! `cargo xtask bench`: latency, throughput and CPU per request through real
+//! Envoy (plain, with a no-op ext_proc, with Steer on each shipped config),
+//! routing quality on a shared-prefix workload, and (as root) the kernel
+//! datapath: connect() cost, kernel vs userspace RTT, sk_msg on/off. Writes
+//! JSON, markdown and a chart to `target/bench/` and prints the tables. Every loop is bounded
 //! in count and time; targets are reported, never asserted (this machine is
 //! shared).
 
 mod kernel;
 mod overhead;
+mod overhead_report;
+mod paths;
 pub mod probes;
 mod quality;
 mod report;
@@ -21,6 +24,9 @@ pub struct BenchArgs {
     /// Only the kernel datapath benchmarks (root); writes bench-kernel.json/.md.
     #[arg(long)]
     pub kernel_only: bool,
+    /// Interleaved rounds per overhead case (at least 3).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {

@@ -34,9 +34,6 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
             .map(|_| ("m".to_owned(), engine_args.clone()))
             .collect(),
         default_strategy: "least-request".into(),
-        standin_args: Vec::new(),
-        agent_args: Vec::new(),
-        agent_ports: None,
         ..Default::default()
     })
     .await?;

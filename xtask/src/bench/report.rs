@@ -10,21 +10,6 @@ use std::time::Duration;
 use crate::stats::{Summary, ms, summarize};
 
 #[derive(Debug, Default, Serialize)]
-pub struct OverheadRow {
-    pub case: String,
-    pub body_bytes: usize,
-    pub concurrency: usize,
-    pub direct: Summary,
-    pub proxy: Summary,
-    pub steer: Summary,
-    pub agent_user_us_per_decision: f64,
-    pub agent_sys_us_per_decision: f64,
-    /// The mock engine's CPU per request on the same run: a yardstick for
-    /// what one HTTP exchange costs on this machine.
-    pub engine_cpu_us_per_request: f64,
-}
-
-#[derive(Debug, Default, Serialize)]
 pub struct QualityRow {
     pub strategy: String,
     pub ok: usize,
@@ -37,7 +22,8 @@ pub struct QualityRow {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    pub overhead: Vec<OverheadRow>,
+    pub envoy_version: String,
+    pub overhead: Vec<super::overhead::CaseResult>,
     pub quality_workload: String,
     pub quality: Vec<QualityRow>,
     pub kernel: KernelReport,
@@ -161,6 +147,12 @@ impl Report {
         )?;
         let table = self.markdown();
         std::fs::write(dir.join(format!("{name}.md")), &table)?;
+        if !self.overhead.is_empty() {
+            std::fs::write(
+                dir.join("latency-vs-concurrency.svg"),
+                super::overhead_report::chart_svg(&self.overhead),
+            )?;
+        }
         println!("{table}");
         println!("written: {}/{name}.json, {name}.md", dir.display());
         Ok(())
@@ -173,27 +165,8 @@ impl Report {
             self.kernel.markdown(&mut md);
             return md;
         }
-        let mut md = String::from("## Decision overhead (latency per request, µs)\n\n");
-        md.push_str("| case | direct p50 | proxy p50 | steer p50 | **agent-added p50** | proxy p99 | steer p99 | **agent-added p99** | steer mean − proxy mean | agent CPU µs/decision (user + sys) | engine CPU µs/request |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for r in &self.overhead {
-            let _ = writeln!(
-                md,
-                "| {} | {:.0} | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} + {:.0} | {:.0} |",
-                r.case,
-                r.direct.p50_us,
-                r.proxy.p50_us,
-                r.steer.p50_us,
-                r.steer.p50_us - r.proxy.p50_us,
-                r.proxy.p99_us,
-                r.steer.p99_us,
-                r.steer.p99_us - r.proxy.p99_us,
-                r.steer.mean_us - r.proxy.mean_us,
-                r.agent_user_us_per_decision,
-                r.agent_sys_us_per_decision,
-                r.engine_cpu_us_per_request,
-            );
-        }
-        md.push_str("\ndirect = client → engine; proxy = client → Envoy stand-in → engine (no ext_proc); steer = client → stand-in ⇄ steer-agent (ext_proc) → engine. Targets: agent-added p50 ≤ 100 µs, p99 ≤ 1 ms at 4 KiB; ≤ 5 ms mean at 220 KB/c150; ≤ 25 µs CPU per decision.\n");
+        let mut md = String::new();
+        super::overhead_report::markdown(&self.overhead, &self.envoy_version, &mut md);
         let _ = write!(md, "\n## Routing quality: {}\n\n", self.quality_workload);
         md.push_str("| strategy | ok | TTFT mean ms | TTFT p99 ms | × oracle | prefix hit rate | requests per engine |\n|---|---|---|---|---|---|---|\n");
         for r in &self.quality {

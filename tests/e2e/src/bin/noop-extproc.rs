@@ -1,0 +1,152 @@
+//! TEST/BENCH TOOL: the ext_proc protocol floor. Answers every message at once
+//! for Envoy's BUFFERED request body mode: request headers → continue, request
+//! body → `target-pod` (the next pod, round-robin) with the route cache
+//! cleared, response headers / body → continue. No parsing, no state beyond a
+//! counter: what Envoy + ext_proc costs with a server that does nothing.
+//! Bodiless requests are routed in the headers reply.
+//!
+//! `noop-extproc --listen 127.0.0.1:0 --pod 127.0.0.1:8001 --pod ...`
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
+    ProcessingResponse,
+};
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+struct Noop {
+    pods: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl Noop {
+    fn route(&self) -> CommonResponse {
+        let pod = &self.pods[self.next.fetch_add(1, Ordering::Relaxed) % self.pods.len()];
+        CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "target-pod".into(),
+                        raw_value: pod.clone().into_bytes(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            clear_route_cache: true,
+            ..Default::default()
+        }
+    }
+
+    fn answer(&self, message: ProcessingRequest) -> Option<ProcessingResponse> {
+        let headers = |common| HeadersResponse {
+            response: Some(common),
+        };
+        let body = |common| BodyResponse {
+            response: Some(common),
+        };
+        let reply = match message.request? {
+            Msg::RequestHeaders(h) if h.end_of_stream => {
+                Reply::RequestHeaders(headers(self.route()))
+            }
+            Msg::RequestHeaders(_) => Reply::RequestHeaders(headers(CommonResponse::default())),
+            Msg::RequestBody(b) if b.end_of_stream => Reply::RequestBody(body(self.route())),
+            Msg::RequestBody(_) => Reply::RequestBody(body(CommonResponse::default())),
+            Msg::ResponseHeaders(_) => Reply::ResponseHeaders(headers(CommonResponse::default())),
+            Msg::ResponseBody(_) => Reply::ResponseBody(body(CommonResponse::default())),
+            Msg::RequestTrailers(_) | Msg::ResponseTrailers(_) => return None,
+        };
+        Some(ProcessingResponse {
+            response: Some(reply),
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Service(Arc<Noop>);
+
+type Replies = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for Service {
+    type ProcessStream = Replies;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Replies>, Status> {
+        let noop = self.0.clone();
+        let replies = request.into_inner().filter_map(move |m| {
+            let reply = match m {
+                Ok(m) => noop.answer(m).map(Ok),
+                Err(status) => Some(Err(status)),
+            };
+            std::future::ready(reply)
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: noop-extproc --listen ADDR --pod IP:PORT [--pod IP:PORT ...]");
+    std::process::exit(2)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut pods = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match arg.as_str() {
+            "--listen" => listen = value.parse()?,
+            "--pod" => pods.push(value.parse::<SocketAddr>()?.to_string()),
+            _ => usage(),
+        }
+    }
+    if pods.is_empty() {
+        usage();
+    }
+    // One event loop, like the agent's default.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!("noop-extproc listening on {}", listener.local_addr()?);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        });
+        let service = Service(Arc::new(Noop {
+            pods,
+            next: AtomicUsize::new(0),
+        }));
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .add_service(
+                ExternalProcessorServer::new(service)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )
+            .serve_with_incoming(incoming)
+            .await?;
+        Ok(())
+    })
+}
