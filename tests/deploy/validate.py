@@ -543,6 +543,18 @@ def check_envoy_semantics(config, facts, full_duplex):
     ensure(ports and all(p == facts["ext_proc"] for p in ports),
            f"ext_proc cluster port(s) {ports} != the DaemonSet's --ext-proc-addr port {facts['ext_proc']}")
     ensure(ext_proc.get("failure_mode_allow") is False, "failure_mode_allow must be false (no arbitrary pod)")
+    meta = ext_proc.get("metadata_options", {})
+    ensure("envoy.lb" in meta.get("receiving_namespaces", {}).get("untyped", []),
+           "metadata_options.receiving_namespaces must accept envoy.lb (else Envoy drops the agent's metadata)")
+    ensure("envoy.lb.subset_hint" in meta.get("forwarding_namespaces", {}).get("untyped", []),
+           "metadata_options.forwarding_namespaces must forward envoy.lb.subset_hint to the agent")
+    listener_limits = [l.get("per_connection_buffer_limit_bytes", 1 << 20)
+                       for l in config["static_resources"]["listeners"]]
+    ensure(all(limit > facts.get("max_body_bytes", 8 << 20) for limit in listener_limits),
+           f"listener buffer limits {listener_limits} must exceed the agent's max_body_bytes "
+           "(else Envoy refuses bodies the agent accepts)")
+    ensure(hcm.get("local_reply_config", {}).get("mappers"),
+           "local_reply_config must turn Envoy's own errors into OpenAI-style JSON")
     ensure(mode.get("response_body_mode") == "STREAMED", "response bodies must stream")
     if full_duplex:
         ensure(mode.get("request_body_mode") == "FULL_DUPLEX_STREAMED", "request_body_mode FULL_DUPLEX_STREAMED")
@@ -611,6 +623,11 @@ def eg_ext_proc_as_envoy(ext):
     }
     if "messageTimeout" in ext:
         out["message_timeout"] = eg_duration(ext["messageTimeout"])
+    meta = ext.get("metadata", {})
+    out["metadata_options"] = {
+        "receiving_namespaces": {"untyped": meta.get("writableNamespaces", [])},
+        "forwarding_namespaces": {"untyped": meta.get("accessibleNamespaces", [])},
+    }
     return out
 
 
@@ -630,6 +647,9 @@ def check_eg_policy(policy, envoy_reference, service, service_port):
                    f"{ref_ext_proc['processing_mode'].get(field)}")
         for field in ("allow_mode_override", "failure_mode_allow"):
             ensure(as_envoy[field] == ref_ext_proc.get(field, False), f"extProc {field} differs from envoy.yaml")
+        ensure(as_envoy["metadata_options"] == ref_ext_proc.get("metadata_options"),
+               f"extProc metadata namespaces {as_envoy['metadata_options']} differ from envoy.yaml's "
+               f"{ref_ext_proc.get('metadata_options')}")
         for ref in ext["backendRefs"]:
             ensure(ref.get("kind", "Service") == "Service" and ref["name"] == service["metadata"]["name"]
                    and ref.get("namespace", policy["metadata"]["namespace"]) == service["metadata"]["namespace"]

@@ -58,3 +58,36 @@ fn deploy_artifacts_validate() {
         "unexpected summary: {summary}"
     );
 }
+
+/// Every shipped Envoy bootstrap, as shipped, passes `envoy --mode validate`
+/// (full config load, every extension resolved) on every supported version.
+#[test]
+fn shipped_envoy_configs_validate_on_every_supported_envoy() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    for version in steer_e2e::ENVOY_VERSIONS {
+        let bin = match steer_e2e::envoy::envoy_binary(version) {
+            Ok(bin) => bin,
+            Err(e) => {
+                assert!(!ci, "{e}");
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        for config in [
+            steer_e2e::EnvoyConfig::Buffered,
+            steer_e2e::EnvoyConfig::FullDuplex,
+        ] {
+            let output = Command::new(&bin)
+                .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+                .arg(config.path())
+                .output()
+                .expect("running envoy --mode validate");
+            assert!(
+                output.status.success(),
+                "Envoy {version} rejects {}:\n{}",
+                config.file_name(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}

@@ -61,6 +61,7 @@ async fn hot_reload_adds_and_removes_models() {
             >= 1.0
     );
     assert!(metric_value(&metrics, "steer_config_reloads_total", &[]).unwrap() >= 1.0);
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +116,7 @@ async fn a_pod_going_down_leaves_rotation_and_comes_back() {
         "revived pod serves again"
     );
     drop(revived);
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,4 +173,5 @@ async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["base", "sql-lora"]);
+    common::assert_idle(&stack).await;
 }

@@ -34,4 +34,5 @@ async fn openai_python_sdk_works_through_steer() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    common::assert_idle(&stack).await;
 }

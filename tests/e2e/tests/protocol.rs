@@ -124,6 +124,7 @@ async fn every_error_is_an_openai_error_with_the_right_status() {
     // The agent survived all of it and still routes.
     let ok = client.chat(stack.gateway(), "m", &[]).await.unwrap();
     assert_eq!(ok.status, 200);
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,6 +203,7 @@ async fn streaming_passes_through_and_usage_is_counted() {
     );
     assert_eq!(decisions, Some(2.0));
     assert!(metric_value(&metrics, "steer_decision_duration_seconds_count", &[]).unwrap() >= 2.0);
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,6 +236,7 @@ async fn models_list_and_bodiless_requests_do_not_hang() {
     let reply = client.get(stack.gateway(), "/health").await.unwrap();
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json().unwrap()["error"]["code"], "missing_model");
+    common::assert_idle(&stack).await;
 }
 
 async fn body_mode_roundtrip(config: EnvoyConfig) {

@@ -124,6 +124,7 @@ async fn round_robin_random_and_session_affinity() {
         pods.extend(hits.into_keys());
     }
     assert_eq!(pods.len(), 3, "sessions spread over the pods");
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +169,7 @@ async fn prefix_cache_sends_a_repeated_prefix_to_the_same_pod() {
     }
     let distinct: std::collections::HashSet<_> = home.values().collect();
     assert!(distinct.len() >= 2, "groups spread over pods: {home:?}");
+    common::assert_idle(&stack).await;
 }
 
 /// Sends long streams round-robin until `count` of them are still running
@@ -224,13 +226,16 @@ async fn least_request_avoids_a_busy_pod() {
     .map(String::from)
     .to_vec();
     let stack = steer_e2e::Stack::start(opts).await.unwrap();
-    let _held = hold_streams_on_slow_pod(&stack, "long", 3).await;
+    let held = hold_streams_on_slow_pod(&stack, "long", 3).await;
     let hits = engines_hit(&stack, "least-request", 10, &[]).await;
     assert_eq!(
         hits.get("engine-1"),
         Some(&10),
         "busy pod avoided: {hits:?}"
     );
+    // Clients that hang up mid-stream release their pods.
+    drop(held);
+    common::assert_idle(&stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +255,7 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
     .to_vec();
     let stack = steer_e2e::Stack::start(opts).await.unwrap();
     let client = Client::default();
-    let _held = hold_streams_on_slow_pod(&stack, &"fill the cache ".repeat(200), 1).await;
+    let held = hold_streams_on_slow_pod(&stack, &"fill the cache ".repeat(200), 1).await;
     let engine0 = stack.engines[0].addr().to_string();
     let metrics = stack.metrics();
     assert!(
@@ -269,4 +274,6 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
         Some(&10),
         "full-cache pod avoided: {hits:?}"
     );
+    drop(held);
+    common::assert_idle(&stack).await;
 }
