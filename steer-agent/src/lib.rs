@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod discovery;
 pub mod extproc;
 pub mod openai;
+pub mod overrides;
 pub mod pool;
 pub mod router;
 pub mod routing;

@@ -5,10 +5,21 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::extproc::RequestError;
 use crate::openai::PromptPieces;
 use crate::pool::{InFlight, Member, ModelPool, Pools};
-use crate::routing::{self, BlockHasher, PodView, PrefixIndex, Strategy};
+use crate::routing::{self, BlockHasher, PodView, PrefixIndex, Strategy, UnknownStrategy};
+
+/// Why a request could not be routed (the ext_proc layer maps each to an
+/// HTTP status and an OpenAI error body).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("The model `{0}` does not exist.")]
+    UnknownModel(String),
+    #[error("{0}")]
+    UnknownStrategy(#[from] UnknownStrategy),
+    #[error("no ready endpoint for model `{0}`")]
+    NoReadyEndpoint(String),
+}
 
 #[derive(Debug)]
 pub struct Router {
@@ -51,11 +62,11 @@ impl Router {
         &self.pools
     }
 
-    pub fn decide(&self, req: &RouteRequest<'_>) -> Result<Decision, RequestError> {
+    pub fn decide(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         let snapshot = self.pools.load();
         let pool = snapshot
             .model(req.model)
-            .ok_or_else(|| RequestError::UnknownModel(req.model.to_owned()))?;
+            .ok_or_else(|| RouteError::UnknownModel(req.model.to_owned()))?;
         let strategy = match req.strategy {
             Some(name) => name.parse()?,
             None => pool.strategy.unwrap_or(snapshot.settings.default_strategy),
@@ -68,7 +79,7 @@ impl Router {
             .map(|m| (m.endpoint.view(), m))
             .unzip();
         if views.is_empty() {
-            return Err(RequestError::NoReadyEndpoint(req.model.to_owned()));
+            return Err(RouteError::NoReadyEndpoint(req.model.to_owned()));
         }
         let tie = next_random();
         let mut prefix_blocks = Vec::new();

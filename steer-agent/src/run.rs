@@ -13,6 +13,7 @@ use crate::cli::{DiscoveryMode, RunArgs};
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
 use crate::datapath::Datapath;
 use crate::extproc::{ExtProcService, Shared};
+use crate::overrides::{Overrides, keep_restart_only};
 use crate::pool::{Pools, Scraper};
 use crate::router::Router;
 use crate::telemetry::{AdminState, ErrorKind, Metrics, serve_admin};
@@ -45,29 +46,7 @@ pub fn load_settings(args: &RunArgs) -> Result<(Settings, Vec<u8>), ConfigError>
         None => (None, Vec::new()),
     };
     let mut settings = Settings::resolve(file, &args.pools)?;
-    let d = &mut settings.datapath;
-    if let Some(mode) = args.datapath {
-        d.mode = mode;
-    }
-    if let Some(dir) = &args.bpf_pin_dir {
-        d.pin_dir = dir.clone();
-    }
-    if let Some(cgroup) = &args.cgroup {
-        d.cgroup = Some(cgroup.clone());
-    }
-    if !args.tc_interfaces.is_empty() {
-        d.interfaces = args.tc_interfaces.clone();
-    }
-    d.sk_msg |= args.sk_msg;
-    settings.discover_models |= args.discover_models;
-    if let Some(name) = &args.default_strategy {
-        settings.default_strategy =
-            name.parse()
-                .map_err(|e: crate::routing::UnknownStrategy| ConfigError::Invalid {
-                    field: "--default-strategy".into(),
-                    message: e.to_string(),
-                })?;
-    }
+    Overrides::from_args(args)?.apply(&mut settings);
     Ok((settings, bytes))
 }
 
@@ -87,7 +66,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         router: Router::new(pools.clone()),
         metrics: metrics.clone(),
     });
-    let scraper = Scraper::new(pools.clone(), metrics.clone());
+    let scraper = Scraper::new(
+        pools.clone(),
+        metrics.error_counter(ErrorKind::ScrapeFailed),
+    );
     scraper.reconcile();
     let applier = Applier::new(
         shared.clone(),
@@ -99,8 +81,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     if let Some(path) = args.config.clone() {
         let (applier, metrics) = (applier.clone(), metrics.clone());
         let period = Duration::from_millis(args.reload_interval_ms.max(50));
-        let default_override = args.default_strategy.clone();
-        let discover_models = args.discover_models;
+        let overrides = Overrides::from_args(&args)?;
+        let running = pools.snapshot().settings.clone();
         tokio::spawn(watch_file(
             path,
             loaded,
@@ -108,11 +90,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             period,
             move |result| match result {
                 Ok(mut settings) => {
-                    if let Some(strategy) = default_override.as_deref().and_then(|s| s.parse().ok())
-                    {
-                        settings.default_strategy = strategy;
+                    overrides.apply(&mut settings);
+                    for setting in keep_restart_only(&running, &mut settings) {
+                        metrics.error(ErrorKind::ReloadNotApplied);
+                        tracing::warn!(
+                            setting,
+                            "config change not applied: this setting takes effect on restart only"
+                        );
                     }
-                    settings.discover_models |= discover_models;
                     applier.set_base(settings);
                     metrics.config_reloads.inc();
                 }

@@ -7,6 +7,7 @@ mod setup;
 mod setup_deploy;
 mod setup_ebpf;
 mod setup_envoy;
+mod setup_python;
 mod stats;
 mod test;
 mod workload;

@@ -1,20 +1,13 @@
 //! Idempotent installs: a second run only checks and costs well under a second.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 
-use crate::{root, sh};
-
-/// The Python used for the OpenAI SDK client test.
-pub fn venv_python() -> PathBuf {
-    root().join("target/steer-venv/bin/python")
-}
+use crate::sh;
 
 pub fn run() -> Result<()> {
     rust_components()?;
     crate::setup_ebpf::run()?;
-    python_sdk()?;
+    crate::setup_python::run()?;
     crate::setup_deploy::run()?;
     crate::setup_envoy::run()?;
     Ok(())
@@ -39,32 +32,4 @@ fn component_cmd(component: &str) -> &'static str {
     } else {
         "clippy"
     }
-}
-
-/// A private venv with the `openai` SDK: tests talk to Steer with the client
-/// users actually run.
-fn python_sdk() -> Result<()> {
-    let python = venv_python();
-    let ready = python.exists()
-        && std::process::Command::new(&python)
-            .args(["-c", "import openai"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ready {
-        return Ok(());
-    }
-    let venv = root().join("target/steer-venv");
-    let venv = venv.to_string_lossy();
-    sh("python3", &["-m", "venv", &venv])?;
-    let pip = format!("{venv}/bin/pip");
-    sh(
-        &pip,
-        &[
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "openai>=1.40,<3",
-        ],
-    )?;
-    Ok(())
 }

@@ -1,5 +1,5 @@
 //! What `tests/deploy/validate.py` needs, in the shared venv (`target/steer-venv`,
-//! created by `setup::python_sdk`): Kubernetes schemas, Envoy's protobuf API and
+//! created by `setup_python`): Kubernetes schemas, Envoy's protobuf API and
 //! a YAML parser, at pinned versions. One `python -c` checks imports and pins,
 //! so a second run costs a single process spawn.
 
@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{setup::venv_python, sh};
+use crate::{setup_python::venv_python, sh};
 
 /// (pip name, distribution name for importlib.metadata, version).
 const PACKAGES: [(&str, &str, &str); 3] = [

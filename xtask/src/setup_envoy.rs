@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 
-use crate::{root, setup::venv_python, sh};
+use crate::{root, setup_python::venv_python, sh};
 
 fn install_dir(version: &str) -> PathBuf {
     root().join("target/envoy").join(version)

@@ -4,12 +4,12 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{cargo, root, setup};
+use crate::{cargo, root, setup, setup_python};
 
 pub fn run() -> Result<()> {
     setup::run()?;
     let cargo = cargo();
-    let python = setup::venv_python();
+    let python = setup_python::venv_python();
     let step = |args: &[&str]| -> Result<()> {
         eprintln!("+ cargo {}", args.join(" "));
         let status = Command::new(&cargo)

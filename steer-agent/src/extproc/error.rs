@@ -2,7 +2,7 @@
 //! ImmediateResponse, and counted by reason.
 
 use crate::openai::ParseError;
-use crate::routing::UnknownStrategy;
+use crate::router::RouteError;
 use crate::telemetry::ErrorKind;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -10,13 +10,9 @@ pub enum RequestError {
     #[error("{0}")]
     Parse(#[from] ParseError),
     #[error("{0}")]
-    UnknownStrategy(#[from] UnknownStrategy),
-    #[error("The model `{0}` does not exist.")]
-    UnknownModel(String),
+    Route(#[from] RouteError),
     #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { size: usize, limit: usize },
-    #[error("no ready endpoint for model `{0}`")]
-    NoReadyEndpoint(String),
     #[error(
         "request has no body and no `model` header: Steer routes OpenAI requests by the `model` in their JSON body"
     )]
@@ -26,10 +22,10 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Parse(_) | Self::UnknownStrategy(_) | Self::NoBody => 400,
-            Self::UnknownModel(_) => 404,
+            Self::Parse(_) | Self::Route(RouteError::UnknownStrategy(_)) | Self::NoBody => 400,
+            Self::Route(RouteError::UnknownModel(_)) => 404,
             Self::BodyTooLarge { .. } => 413,
-            Self::NoReadyEndpoint(_) => 503,
+            Self::Route(RouteError::NoReadyEndpoint(_)) => 503,
         }
     }
 
@@ -37,10 +33,10 @@ impl RequestError {
         match self {
             Self::Parse(ParseError::InvalidJson(_)) => ErrorKind::InvalidJson,
             Self::Parse(ParseError::MissingModel) => ErrorKind::MissingModel,
-            Self::UnknownStrategy(_) => ErrorKind::UnknownStrategy,
-            Self::UnknownModel(_) => ErrorKind::UnknownModel,
+            Self::Route(RouteError::UnknownStrategy(_)) => ErrorKind::UnknownStrategy,
+            Self::Route(RouteError::UnknownModel(_)) => ErrorKind::UnknownModel,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
-            Self::NoReadyEndpoint(_) => ErrorKind::NoReadyEndpoint,
+            Self::Route(RouteError::NoReadyEndpoint(_)) => ErrorKind::NoReadyEndpoint,
             Self::NoBody => ErrorKind::NoBody,
         }
     }
@@ -93,6 +89,7 @@ impl RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::UnknownStrategy;
 
     #[test]
     fn statuses_and_json_shape() {
@@ -103,12 +100,12 @@ mod tests {
             ),
             (RequestError::Parse(ParseError::MissingModel), 400),
             (
-                RequestError::UnknownStrategy(UnknownStrategy("z".into())),
+                RouteError::UnknownStrategy(UnknownStrategy("z".into())).into(),
                 400,
             ),
-            (RequestError::UnknownModel("m".into()), 404),
+            (RouteError::UnknownModel("m".into()).into(), 404),
             (RequestError::BodyTooLarge { size: 2, limit: 1 }, 413),
-            (RequestError::NoReadyEndpoint("m".into()), 503),
+            (RouteError::NoReadyEndpoint("m".into()).into(), 503),
             (RequestError::NoBody, 400),
         ];
         for (err, status) in cases {

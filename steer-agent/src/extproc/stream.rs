@@ -222,13 +222,16 @@ impl StreamState {
             .map_err(RequestError::from)
             .and_then(|parsed| {
                 let session = self.meta.session.as_deref().or(parsed.user.as_deref());
-                self.shared.router.decide(&RouteRequest {
-                    model: &parsed.model,
-                    strategy: self.meta.strategy.as_deref(),
-                    session,
-                    prompt: Some(&parsed.prompt),
-                    subset: self.subset.as_deref(),
-                })
+                self.shared
+                    .router
+                    .decide(&RouteRequest {
+                        model: &parsed.model,
+                        strategy: self.meta.strategy.as_deref(),
+                        session,
+                        prompt: Some(&parsed.prompt),
+                        subset: self.subset.as_deref(),
+                    })
+                    .map_err(RequestError::from)
             });
         match result {
             Err(err) => self.fail(err, out),
@@ -277,7 +280,7 @@ impl StreamState {
                 out.push(self.route_reply(Phase::RequestHeaders, &decision));
                 self.decision = Some(decision);
             }
-            Err(err) => self.fail(err, out),
+            Err(err) => self.fail(err.into(), out),
         }
     }
 

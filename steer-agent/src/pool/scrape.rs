@@ -15,7 +15,6 @@ use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
 use super::{EndpointState, EngineMetrics, Pools};
-use crate::telemetry::{ErrorKind, Metrics};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -26,7 +25,8 @@ const MODELS_PERIOD: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Scraper {
     pools: Arc<Pools>,
-    metrics: Arc<Metrics>,
+    /// Counts failed scrapes (`steer_errors_total{reason="scrape_failed"}`).
+    failures: prometheus::IntCounter,
     client: HttpClient,
     tasks: Mutex<HashMap<SocketAddr, AbortHandle>>,
 }
@@ -42,12 +42,12 @@ enum ScrapeError {
 }
 
 impl Scraper {
-    pub fn new(pools: Arc<Pools>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(pools: Arc<Pools>, failures: prometheus::IntCounter) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Arc::new(Self {
             pools,
-            metrics,
+            failures,
             client: Client::builder(TokioExecutor::new()).build(connector),
             tasks: Mutex::default(),
         })
@@ -97,7 +97,7 @@ impl Scraper {
                     endpoint.scrape_succeeded(&metrics);
                 }
                 Err(error) => {
-                    self.metrics.error(ErrorKind::ScrapeFailed);
+                    self.failures.inc();
                     if endpoint.scrape_failed(scrape.unhealthy_after) {
                         tracing::warn!(pod = %endpoint.addr, %error, "pod taken out of rotation after failed metric scrapes");
                     } else {

@@ -23,10 +23,12 @@ pub enum ErrorKind {
     Protocol,
     ScrapeFailed,
     ConfigReload,
+    /// A reload changed a setting that only a restart applies.
+    ReloadNotApplied,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         Self::InvalidJson,
         Self::MissingModel,
         Self::UnknownStrategy,
@@ -38,6 +40,7 @@ impl ErrorKind {
         Self::Protocol,
         Self::ScrapeFailed,
         Self::ConfigReload,
+        Self::ReloadNotApplied,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -53,6 +56,7 @@ impl ErrorKind {
             Self::Protocol => "protocol",
             Self::ScrapeFailed => "scrape_failed",
             Self::ConfigReload => "config_reload",
+            Self::ReloadNotApplied => "reload_not_applied",
         }
     }
 }
@@ -138,6 +142,11 @@ impl Metrics {
         if let Some(counter) = self.errors.get(kind as usize) {
             counter.inc();
         }
+    }
+
+    /// The counter of one error reason, for a subsystem that only counts.
+    pub fn error_counter(&self, kind: ErrorKind) -> prometheus::IntCounter {
+        self.errors[kind as usize].clone()
     }
 
     pub fn render(&self) -> String {

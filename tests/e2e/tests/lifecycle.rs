@@ -175,3 +175,54 @@ async fn models_listed_by_engines_are_routed_when_discovery_is_on() {
     assert_eq!(ids, ["base", "sql-lora"]);
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_flags_survive_reloads_and_restart_only_changes_are_reported() {
+    // The harness runs the agent with `--datapath off`.
+    let stack = common::stack(&["a,b,c", "a,b,c"], "least-request").await;
+    let client = Client::default();
+    let engines = vec![stack.engines[0].addr(), stack.engines[1].addr()];
+    let not_applied = || async {
+        let m = client.metrics(stack.metrics()).await.unwrap();
+        metric_value(
+            &m,
+            "steer_errors_total",
+            &[("reason", "reload_not_applied")],
+        )
+        .unwrap_or(0.0)
+    };
+    let status_of = |model: &'static str| {
+        let (client, gw) = (client.clone(), stack.gateway());
+        async move { client.chat(gw, model, &[]).await.unwrap().status }
+    };
+    // The file asks for `mode: required`; the flag still says off: nothing to report.
+    steer_e2e::procs::write_config_with(
+        &stack.config,
+        "least-request",
+        &[("a", engines.clone())],
+        &[],
+        "datapath:\n  mode: required\n",
+    )
+    .unwrap();
+    assert!(common::eventually(10, || async { status_of("b").await == 404 }).await);
+    assert_eq!(
+        not_applied().await,
+        0.0,
+        "the --datapath flag was re-applied"
+    );
+    // A datapath change the flags do not cover needs a restart: reported, the rest applies.
+    steer_e2e::procs::write_config_with(
+        &stack.config,
+        "least-request",
+        &[("a", engines.clone()), ("b", engines)],
+        &[],
+        "datapath:\n  mode: required\n  pin_dir: /sys/fs/bpf/steer-elsewhere\n",
+    )
+    .unwrap();
+    assert!(common::eventually(10, || async { status_of("b").await == 200 }).await);
+    assert!(
+        common::eventually(5, || async { not_applied().await >= 1.0 }).await,
+        "pin_dir change reported as not applied"
+    );
+    common::assert_idle(&stack).await;
+}
