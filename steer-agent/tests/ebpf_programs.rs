@@ -76,16 +76,6 @@ fn ready() -> bool {
     true
 }
 
-/// Mount point of a filesystem type, from /proc/self/mountinfo.
-fn mount_of(fstype: &str) -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next() == Some(fstype))
-            .then(|| PathBuf::from(left.split(' ').nth(4).unwrap_or_default()))
-    })
-}
-
 fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(program))
@@ -115,7 +105,8 @@ impl Fixture {
 
     /// A fresh cgroup v2 (under the cgroup2 mount) for the test's clients.
     fn cgroup(&mut self, tag: &str) -> PathBuf {
-        let root = mount_of("cgroup2").expect("no cgroup2 mount in /proc/self/mountinfo");
+        let root =
+            steer_host::mount_point("cgroup2").expect("no cgroup2 mount in /proc/self/mountinfo");
         let dir = root.join(format!("steer-test-{}-{tag}", std::process::id()));
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         self.cgroup = Some(dir.clone());
@@ -124,7 +115,7 @@ impl Fixture {
 
     /// A per-test directory on bpffs, if bpffs is mounted at /sys/fs/bpf.
     fn pin_dir(&mut self, tag: &str) -> Option<PathBuf> {
-        if mount_of("bpf").as_deref() != Some(Path::new("/sys/fs/bpf")) {
+        if steer_host::mount_point("bpf").as_deref() != Some(Path::new("/sys/fs/bpf")) {
             skip("bpffs is not mounted at /sys/fs/bpf (`cargo xtask setup` mounts it)");
             return None;
         }

@@ -158,14 +158,8 @@ fn bpftool() -> Result<()> {
 }
 
 fn bpffs() -> Result<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mounted = mountinfo.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let mount_point = fields.nth(4);
-        let fstype = line.split(" - ").nth(1).and_then(|s| s.split(' ').next());
-        mount_point == Some("/sys/fs/bpf") && fstype == Some("bpf")
-    });
-    if mounted {
+    let bpffs = std::path::Path::new("/sys/fs/bpf");
+    if steer_host::mount_points("bpf").iter().any(|m| m == bpffs) {
         return Ok(());
     }
     sh("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])

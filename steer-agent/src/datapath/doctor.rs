@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{cgroup, object};
+use super::{object, privileges};
 
 #[derive(Debug, serde::Serialize)]
 pub struct Check {
@@ -35,7 +35,8 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             "no kernel BTF (CONFIG_DEBUG_INFO_BTF)".into()
         },
     );
-    let bpffs = cgroup::on_bpffs(pin_dir.parent().unwrap_or(pin_dir)) || cgroup::on_bpffs(pin_dir);
+    let bpffs =
+        steer_host::on_bpffs(pin_dir.parent().unwrap_or(pin_dir)) || steer_host::on_bpffs(pin_dir);
     check(
         "bpffs",
         bpffs,
@@ -48,7 +49,7 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             )
         },
     );
-    match cgroup::cgroup2_root() {
+    match steer_host::cgroup2_root() {
         Some(root) => check("cgroup2", true, format!("mounted at {}", root.display())),
         None => check(
             "cgroup2",
@@ -56,25 +57,18 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
             "no cgroup2 mount (connect4/sock_ops attach to a cgroup v2)".into(),
         ),
     }
-    let caps = capabilities();
-    let needed = [
-        ("CAP_BPF", 39),
-        ("CAP_NET_ADMIN", 12),
-        ("CAP_SYS_ADMIN", 21),
-        ("CAP_PERFMON", 38),
-    ];
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(_, bit)| caps & (1 << bit) == 0)
-        .map(|(n, _)| *n)
-        .collect();
+    let missing = privileges::missing();
     check(
         "privileges",
         missing.is_empty(),
         if missing.is_empty() {
-            "CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON effective".into()
+            format!("{} effective", privileges::required_text())
         } else {
-            format!("missing {}", missing.join(", "))
+            format!(
+                "missing {} (the datapath needs {})",
+                missing.join(", "),
+                privileges::required_text()
+            )
         },
     );
     let bytes = object::object();
@@ -88,17 +82,6 @@ pub fn run(pin_dir: &Path) -> Vec<Check> {
         },
     );
     checks
-}
-
-fn capabilities() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:").map(|h| h.trim().to_owned()))
-        })
-        .and_then(|h| u64::from_str_radix(&h, 16).ok())
-        .unwrap_or(0)
 }
 
 fn parse_version(release: &str) -> (u32, u32) {

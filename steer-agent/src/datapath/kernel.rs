@@ -22,7 +22,7 @@ use steer_ebpf_abi as abi;
 
 use super::stats::KernelStats;
 use super::tables::Tables;
-use super::{DatapathError, cgroup, object};
+use super::{DatapathError, object, privileges};
 use crate::config::DatapathSettings;
 
 #[derive(Debug)]
@@ -41,17 +41,18 @@ impl KernelDatapath {
         if bytes.is_empty() {
             return Err(DatapathError::NoObject);
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 && !has_bpf_caps() {
-            return Err(DatapathError::Permission(
-                "missing CAP_BPF/CAP_NET_ADMIN/CAP_SYS_ADMIN".into(),
-            ));
+        let missing = privileges::missing();
+        if !missing.is_empty() {
+            return Err(DatapathError::Permission(format!(
+                "missing {}",
+                missing.join(", ")
+            )));
         }
         let pin_dir = settings.pin_dir.clone();
         prepare_pin_dir(&pin_dir)?;
         let cgroup_path = match &settings.cgroup {
             Some(path) => path.clone(),
-            None => cgroup::cgroup2_root().ok_or_else(|| {
+            None => steer_host::cgroup2_root().ok_or_else(|| {
                 DatapathError::Cgroup("no cgroup2 mount in /proc/self/mountinfo".into())
             })?,
         };
@@ -221,25 +222,13 @@ fn retire_links(links_dir: &Path) {
 
 fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
     let parent = pin_dir.parent().unwrap_or(pin_dir);
-    if !cgroup::on_bpffs(parent) && !cgroup::on_bpffs(pin_dir) {
+    if !steer_host::on_bpffs(parent) && !steer_host::on_bpffs(pin_dir) {
         return Err(DatapathError::Bpffs(format!(
             "{} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)",
             parent.display()
         )));
     }
     std::fs::create_dir_all(pin_dir).map_err(|e| pin_err(pin_dir, e))
-}
-
-fn has_bpf_caps() -> bool {
-    // CapEff bits: CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_BPF 39.
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let Some(hex) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) else {
-        return false;
-    };
-    let caps = u64::from_str_radix(hex.trim(), 16).unwrap_or(0);
-    [12, 21, 39].iter().all(|bit| caps & (1 << bit) != 0)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>

@@ -3,11 +3,11 @@
 //! read back for routing. Without privileges or kernel support the agent runs
 //! header-only and says why.
 
-mod cgroup;
 pub mod doctor;
 pub mod inspect;
 mod kernel;
 pub mod object;
+pub mod privileges;
 mod stats;
 mod sync;
 mod tables;
@@ -26,7 +26,7 @@ pub enum DatapathError {
         "this agent was built without the eBPF object (bpf-linker missing at build time; run `cargo xtask setup` and rebuild)"
     )]
     NoObject,
-    #[error("not permitted: {0} (needs root or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN)")]
+    #[error("not permitted: {0} (needs CAP_BPF + CAP_NET_ADMIN)")]
     Permission(String),
     #[error("bpffs: {0}")]
     Bpffs(String),

@@ -40,12 +40,7 @@ pub fn require_privileges(test: &str) -> bool {
 }
 
 pub fn cgroup2_root() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
+    steer_host::cgroup2_root()
 }
 
 #[derive(Debug, Clone)]

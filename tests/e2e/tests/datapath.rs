@@ -399,3 +399,143 @@ async fn without_bpf_privileges_the_agent_runs_header_only() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("eBPF datapath required"));
 }
+
+/// Every capability name capsh knows (Linux 6.x), for dropping all but a few.
+const ALL_CAPS: [&str; 41] = [
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_perfmon",
+    "cap_bpf",
+    "cap_checkpoint_restore",
+];
+
+/// The capabilities the shipped DaemonSet adds (after `drop: [ALL]`), as
+/// capsh names (`BPF` → `cap_bpf`).
+fn daemonset_capabilities() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/daemonset.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let containers = doc["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    let agent = containers
+        .iter()
+        .find(|c| c["name"].as_str() == Some("steer-agent"))
+        .expect("steer-agent container");
+    let caps = &agent["securityContext"]["capabilities"];
+    assert_eq!(caps["drop"][0].as_str(), Some("ALL"));
+    caps["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| format!("cap_{}", c.as_str().unwrap().to_lowercase()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_capabilities_are_enough_for_the_agent_and_doctor_agrees() {
+    if !require_privileges("daemonset_capabilities_are_enough_for_the_agent_and_doctor_agrees") {
+        return;
+    }
+    let kept = daemonset_capabilities();
+    assert_eq!(kept, ["cap_bpf", "cap_net_admin"], "the measured set");
+    let others: Vec<&str> = ALL_CAPS
+        .iter()
+        .copied()
+        .filter(|c| !kept.iter().any(|k| k == c))
+        .collect();
+    let drop_others = format!("--drop={}", others.join(","));
+    let rig = Rig::new().await;
+    let bin = binary_dir("debug").join("steer-agent");
+    // uid 0 with exactly the DaemonSet's capabilities, like the pod.
+    let with_caps = |command: String| {
+        let mut cmd = tokio::process::Command::new("capsh");
+        cmd.args([drop_others.as_str(), "--", "-c"]).arg(command);
+        cmd
+    };
+    let doctor = with_caps(format!(
+        "exec {} doctor --json --pin-dir {}",
+        bin.display(),
+        rig.lab.pin_dir.display()
+    ))
+    .output()
+    .await
+    .unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|_| panic!("doctor JSON: {}", String::from_utf8_lossy(&doctor.stdout)));
+    let privileges = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "privileges")
+        .unwrap();
+    assert_eq!(privileges["ok"], true, "doctor: {privileges}");
+    let mut cmd = with_caps(format!(
+        "exec {} run --config {} --datapath required --ext-proc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0",
+        bin.display(),
+        rig.config.display()
+    ));
+    rig.lab.in_cgroup_tokio(&mut cmd);
+    let agent = Proc::spawn_command(cmd, Path::new("steer-agent"), "steer-agent listening")
+        .await
+        .expect("the agent starts in kernel mode with the DaemonSet's capabilities");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid().unwrap())).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(
+        cap_eff, "0000008000001000",
+        "exactly CAP_BPF + CAP_NET_ADMIN"
+    );
+    let ready = Client::default()
+        .get(agent.addrs[1], "/readyz")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready["mode"], "kernel", "{ready}");
+    let envoy = rig.envoy(&agent).await;
+    let engine = route_once(&Client::default(), envoy.listener, "round-robin").await;
+    assert!(engine.starts_with("pod-"));
+    drop(envoy);
+    agent.terminate().await;
+}
