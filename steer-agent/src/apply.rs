@@ -12,15 +12,17 @@ use parking_lot::Mutex;
 
 use crate::config::Settings;
 use crate::datapath::Datapath;
-use crate::discovery::Discovered;
-use crate::extproc::Shared;
-use crate::pool::Scraper;
+use crate::discovery::{Discovered, EngineModels};
+use crate::pool::{Pools, Scraper};
+use crate::router::Router;
 
 #[derive(Debug)]
 pub struct Applier {
-    shared: Arc<Shared>,
+    pools: Arc<Pools>,
+    router: Arc<Router>,
     scraper: Arc<Scraper>,
     datapath: Arc<Datapath>,
+    engine_models: Arc<EngineModels>,
     sources: Mutex<Sources>,
 }
 
@@ -32,15 +34,19 @@ struct Sources {
 
 impl Applier {
     pub fn new(
-        shared: Arc<Shared>,
+        pools: Arc<Pools>,
+        router: Arc<Router>,
         scraper: Arc<Scraper>,
         datapath: Arc<Datapath>,
+        engine_models: Arc<EngineModels>,
         base: Settings,
     ) -> Arc<Self> {
         Arc::new(Self {
-            shared,
+            pools,
+            router,
             scraper,
             datapath,
+            engine_models,
             sources: Mutex::new(Sources {
                 base,
                 discovered: None,
@@ -69,13 +75,13 @@ impl Applier {
     }
 
     fn apply(&self, sources: &Sources) {
-        let pools = self.shared.router.pools();
+        let pools = &self.pools;
         let mut settings = effective(&sources.base, sources.discovered.as_ref());
         if settings.discover_models {
-            add_engine_models(&mut settings, &pools.engine_models());
+            add_engine_models(&mut settings, &self.engine_models.lists());
         }
         let removed = pools.update(settings);
-        self.shared.router.forget_pods(&removed);
+        self.router.forget_pods(&removed);
         self.datapath.sync_pods_now(pools);
         self.scraper.reconcile();
         tracing::info!(generation = pools.load().generation, "pools updated");

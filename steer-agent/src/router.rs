@@ -21,10 +21,16 @@ pub enum RouteError {
     NoReadyEndpoint(String),
 }
 
+/// Prefix records waiting for the recorder task; when full, the stream
+/// records inline (slower reply, never a lost record).
+const RECORD_QUEUE: usize = 4096;
+
 #[derive(Debug)]
 pub struct Router {
     pools: Arc<Pools>,
-    prefix: PrefixIndex,
+    prefix: Arc<PrefixIndex>,
+    /// Set once the recorder task runs (see [`Router::spawn_prefix_recorder`]).
+    recorder: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Vec<u64>, u32)>>,
 }
 
 /// What a request needs to be routed.
@@ -54,8 +60,24 @@ impl Router {
         let capacity = pools.load().settings.prefix.index_capacity_blocks;
         Self {
             pools,
-            prefix: PrefixIndex::new(capacity),
+            prefix: Arc::new(PrefixIndex::new(capacity)),
+            recorder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Moves prefix bookkeeping off the ext_proc streams onto a task of the
+    /// current runtime. Without it (unit tests) records are written inline.
+    pub fn spawn_prefix_recorder(&self) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u64>, u32)>(RECORD_QUEUE);
+        if self.recorder.set(tx).is_err() {
+            return;
+        }
+        let prefix = self.prefix.clone();
+        tokio::spawn(async move {
+            while let Some((blocks, pod)) = rx.recv().await {
+                prefix.record(&blocks, pod);
+            }
+        });
     }
 
     pub fn pools(&self) -> &Arc<Pools> {
@@ -116,9 +138,8 @@ impl Router {
         member.counters.decisions[strategy.index()].fetch_add(1, Ordering::Relaxed);
         if pool.vip.is_some() {
             // Connection-level traffic to the VIP follows the same choice;
-            // the kernel table is written off this path.
+            // the datapath reads it off this path (within its VIP period).
             pool.vip_choice.store(member.endpoint.id, Ordering::Relaxed);
-            self.pools.vip_dirty.notify_one();
         }
         Ok(Decision {
             pool: pool.clone(),
@@ -129,12 +150,24 @@ impl Router {
         })
     }
 
-    /// Runs after the reply went out: remember which pod now holds the prefix.
+    /// Called once the routing reply was handed to the transport: queues the
+    /// record of which pod now holds the prompt's prefix for the recorder
+    /// task (the blocks move, nothing is copied).
     pub fn after_reply(&self, decision: &mut Decision) {
-        if !decision.prefix_blocks.is_empty() {
-            self.prefix
-                .record(&decision.prefix_blocks, decision.member.endpoint.id);
-            decision.prefix_blocks = Vec::new();
+        if decision.prefix_blocks.is_empty() {
+            return;
+        }
+        let blocks = std::mem::take(&mut decision.prefix_blocks);
+        let pod = decision.member.endpoint.id;
+        let inline = match self.recorder.get() {
+            Some(tx) => match tx.try_send((blocks, pod)) {
+                Ok(()) => None,
+                Err(e) => Some(e.into_inner()),
+            },
+            None => Some((blocks, pod)),
+        };
+        if let Some((blocks, pod)) = inline {
+            self.prefix.record(&blocks, pod);
         }
     }
 

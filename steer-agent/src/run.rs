@@ -12,6 +12,7 @@ use crate::apply::Applier;
 use crate::cli::{DiscoveryMode, RunArgs};
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
 use crate::datapath::Datapath;
+use crate::discovery::EngineModels;
 use crate::extproc::{ExtProcService, Shared};
 use crate::overrides::{Overrides, keep_restart_only};
 use crate::pool::{Pools, Scraper};
@@ -62,19 +63,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let metrics = Metrics::new(pools.clone());
     let datapath = Arc::new(Datapath::start(&datapath_settings, &pools)?);
     metrics.register_datapath(&datapath);
+    // The agent's state, built once here; each subsystem gets its parts.
+    let router = Arc::new(Router::new(pools.clone()));
+    router.spawn_prefix_recorder();
     let shared = Arc::new(Shared {
-        router: Router::new(pools.clone()),
+        router: router.clone(),
         metrics: metrics.clone(),
     });
+    let engine_models = Arc::new(EngineModels::default());
     let scraper = Scraper::new(
         pools.clone(),
         metrics.error_counter(ErrorKind::ScrapeFailed),
+        engine_models.clone(),
     );
     scraper.reconcile();
     let applier = Applier::new(
-        shared.clone(),
+        pools.clone(),
+        router,
         scraper,
         datapath.clone(),
+        engine_models.clone(),
         pools.snapshot().settings.clone(),
     );
 
@@ -110,10 +118,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     {
         // Engines listing new models (LoRA adapters) change the pools too.
-        let (applier, pools) = (applier.clone(), pools.clone());
+        let applier = applier.clone();
         tokio::spawn(async move {
             loop {
-                pools.engine_models_changed.notified().await;
+                engine_models.changed().await;
                 applier.refresh();
             }
         });
@@ -213,7 +221,8 @@ async fn start_discovery(
     applier: &Arc<Applier>,
     metrics: &Metrics,
 ) -> Result<(), RunError> {
-    use crate::discovery::{self, DiscoveryCollector, DiscoveryStats, KubeOptions};
+    use crate::discovery::{self, DiscoveryStats, KubeOptions};
+    use crate::telemetry::DiscoveryCollector;
     let client = discovery::client_from_env().await?;
     let stats = DiscoveryStats::new();
     if let Err(error) = metrics

@@ -20,7 +20,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use steer_agent::discovery::{self, Discovered, DiscoveryCollector, DiscoveryStats, KubeOptions};
+use steer_agent::discovery::{self, Discovered, DiscoveryStats, KubeOptions};
+use steer_agent::telemetry::DiscoveryCollector;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 const MODEL_LABEL: &str = "model.aibrix.ai/name";

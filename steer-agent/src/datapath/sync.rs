@@ -1,7 +1,8 @@
 //! Background tasks between the routing snapshot and the kernel maps:
-//! VIP tables follow every decision and pool change (coalesced, off the
-//! request path), pod tables follow the pools, and kernel latency flows back
-//! into pod state for routing.
+//! VIP tables follow pool changes at once and decisions within
+//! [`VIP_PERIOD`] (the chosen pod is read from the pools, off the request
+//! path), pod tables follow the pools, and kernel latency flows back into
+//! pod state for routing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -18,8 +19,9 @@ use crate::pool::{ModelPool, Pools, Snapshot};
 
 /// How often kernel stats are read back even without changes.
 const STATS_PERIOD: Duration = Duration::from_millis(200);
-/// Upper bound between VIP table checks (pod readiness flips need no decision).
-const VIP_PERIOD: Duration = Duration::from_millis(100);
+/// Upper bound between VIP table checks: how late the kernel follows a
+/// decision or a pod readiness flip (a check that finds nothing new writes nothing).
+const VIP_PERIOD: Duration = Duration::from_millis(50);
 
 pub fn spawn(kernel: Arc<KernelDatapath>, pools: Arc<Pools>) {
     tokio::spawn(vip_writer(kernel.clone(), pools.clone()));
@@ -33,9 +35,10 @@ async fn vip_writer(kernel: Arc<KernelDatapath>, pools: Arc<Pools>) {
     let mut written: Written = HashMap::new();
     let mut pods_generation = 0;
     let mut generation = 0u64;
+    let mut changes = pools.subscribe();
     loop {
         tokio::select! {
-            _ = pools.vip_dirty.notified() => {}
+            _ = changes.changed() => {}
             _ = tokio::time::sleep(VIP_PERIOD) => {}
         }
         let snapshot = pools.snapshot();

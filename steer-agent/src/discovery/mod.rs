@@ -29,9 +29,10 @@
 //! the previous objects until the new list is complete, so the last good
 //! view keeps serving.
 //!
-//! The model list comes only from labels and pools; asking each engine for
-//! its `/v1/models` would be a separate source feeding the same view.
+//! A third source, [`EngineModels`], holds what each engine lists at
+//! `/v1/models` (with `discover_models`); the applier merges all of them.
 
+mod engine_models;
 mod ignored;
 mod objects;
 mod pools;
@@ -43,7 +44,8 @@ mod watch;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-pub use stats::{DiscoveryCollector, DiscoveryStats};
+pub use engine_models::EngineModels;
+pub use stats::DiscoveryStats;
 pub use watch::run;
 
 /// Default label naming a pod's model (AIBrix convention).

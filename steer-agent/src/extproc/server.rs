@@ -14,10 +14,11 @@ use super::StreamState;
 use crate::router::Router;
 use crate::telemetry::Metrics;
 
-/// What every stream shares.
+/// What every stream shares: the parts of the agent's state (built in
+/// `run.rs`) that the ext_proc path needs.
 #[derive(Debug)]
 pub struct Shared {
-    pub router: Router,
+    pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -50,8 +51,10 @@ impl ExternalProcessor for ExtProcService {
                 if failed {
                     return None;
                 }
-                // Work deferred until the previous replies were handed to the
-                // transport, so it never delays Envoy.
+                // The previous replies were handed to h2, whose connection task
+                // (woken by them) runs before the prefix recorder task that
+                // `after_reply` queues work for: the bookkeeping never sits
+                // between a routing reply and its bytes leaving.
                 if replied {
                     state.after_reply();
                 }

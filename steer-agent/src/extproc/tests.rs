@@ -23,7 +23,7 @@ fn shared() -> Arc<Shared> {
     .unwrap();
     let pools = Arc::new(Pools::new(Settings::resolve(Some(file), &[]).unwrap()));
     Arc::new(Shared {
-        router: Router::new(pools.clone()),
+        router: Arc::new(Router::new(pools.clone())),
         metrics: Metrics::new(pools),
     })
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
 use super::{EndpointState, EngineMetrics, Pools};
+use crate::discovery::EngineModels;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -27,6 +28,8 @@ pub struct Scraper {
     pools: Arc<Pools>,
     /// Counts failed scrapes (`steer_errors_total{reason="scrape_failed"}`).
     failures: prometheus::IntCounter,
+    /// Where `/v1/models` answers go (`discover_models`).
+    engine_models: Arc<EngineModels>,
     client: HttpClient,
     tasks: Mutex<HashMap<SocketAddr, AbortHandle>>,
 }
@@ -42,12 +45,17 @@ enum ScrapeError {
 }
 
 impl Scraper {
-    pub fn new(pools: Arc<Pools>, failures: prometheus::IntCounter) -> Arc<Self> {
+    pub fn new(
+        pools: Arc<Pools>,
+        failures: prometheus::IntCounter,
+        engine_models: Arc<EngineModels>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         Arc::new(Self {
             pools,
             failures,
+            engine_models,
             client: Client::builder(TokioExecutor::new()).build(connector),
             tasks: Mutex::default(),
         })
@@ -61,7 +69,7 @@ impl Scraper {
             let keep = snapshot.endpoints.iter().any(|e| e.addr == *addr);
             if !keep {
                 task.abort();
-                self.pools.forget_engine(*addr);
+                self.engine_models.forget(*addr);
             }
             keep
         });
@@ -137,7 +145,7 @@ impl Scraper {
         };
         match self.fetch(&uri, timeout).await {
             Ok(body) => match model_ids(&body) {
-                Some(ids) => self.pools.set_engine_models(endpoint.addr, ids),
+                Some(ids) => self.engine_models.set(endpoint.addr, ids),
                 None => {
                     tracing::debug!(pod = %endpoint.addr, "/v1/models answer is not an OpenAI model list")
                 }

@@ -6,7 +6,7 @@
 //! (`EndpointState`) is shared across snapshots by address, so in-flight
 //! counts and scraped metrics survive reloads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64};
@@ -59,12 +59,8 @@ pub struct Pools {
     current: ArcSwap<Snapshot>,
     // Only the (rare) rebuild takes this lock; readers never do.
     registry: Mutex<Registry>,
-    /// Woken when a decision or pool change may alter a VIP's kernel table.
-    pub vip_dirty: tokio::sync::Notify,
-    /// Models each engine lists at /v1/models (when `discover_models`).
-    engine_models: Mutex<BTreeMap<SocketAddr, Vec<String>>>,
-    /// Woken when an engine's model list changed.
-    pub engine_models_changed: tokio::sync::Notify,
+    /// The generation of every new snapshot, for subscribers.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Pools {
@@ -74,9 +70,7 @@ impl Pools {
         Self {
             current: ArcSwap::from_pointee(snapshot),
             registry: Mutex::new(registry),
-            vip_dirty: tokio::sync::Notify::new(),
-            engine_models: Mutex::default(),
-            engine_models_changed: tokio::sync::Notify::new(),
+            changes: tokio::sync::watch::Sender::new(1),
         }
     }
 
@@ -88,23 +82,9 @@ impl Pools {
         self.current.load_full()
     }
 
-    /// Records what an engine serves; wakes the applier when it changed.
-    pub fn set_engine_models(&self, addr: SocketAddr, mut models: Vec<String>) {
-        models.sort();
-        models.dedup();
-        let mut known = self.engine_models.lock();
-        if known.get(&addr) != Some(&models) {
-            known.insert(addr, models);
-            self.engine_models_changed.notify_one();
-        }
-    }
-
-    pub fn forget_engine(&self, addr: SocketAddr) {
-        self.engine_models.lock().remove(&addr);
-    }
-
-    pub fn engine_models(&self) -> BTreeMap<SocketAddr, Vec<String>> {
-        self.engine_models.lock().clone()
+    /// Wakes (`changed()`) on every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Replaces the snapshot; returns the ids of pods that left every pool.
@@ -114,7 +94,7 @@ impl Pools {
         let snapshot = registry.build(settings, generation);
         let removed = registry.prune(&snapshot);
         self.current.store(Arc::new(snapshot));
-        self.vip_dirty.notify_one();
+        self.changes.send_replace(generation);
         removed
     }
 }

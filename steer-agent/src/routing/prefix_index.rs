@@ -90,27 +90,49 @@ impl PrefixIndex {
         }
     }
 
-    /// Records that `pod` now holds every block of `hashes`.
+    /// Records that `pod` now holds every block of `hashes`, taking each
+    /// shard's lock once (blocks grouped by shard first).
     pub fn record(&self, hashes: &[u64], pod: u32) {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed).max(1);
+        // Counting sort by shard: `starts[s]..starts[s + 1]` of `grouped`.
+        let mut starts = [0usize; SHARDS + 1];
         for &hash in hashes {
-            let mut shard = self.shards[shard_of(hash)].lock();
+            starts[shard_of(hash) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut grouped = vec![0u64; hashes.len()];
+        for &hash in hashes {
+            let s = shard_of(hash);
+            grouped[next[s]] = hash;
+            next[s] += 1;
+        }
+        for s in 0..SHARDS {
+            let blocks = &grouped[starts[s]..starts[s + 1]];
+            if blocks.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock();
             let shard = &mut *shard;
-            let holders = shard.blocks.entry(hash).or_default();
-            let slot = holders
-                .iter()
-                .position(|h| h.tick != 0 && h.pod == pod)
-                .or_else(|| holders.iter().position(|h| h.tick == 0))
-                .unwrap_or_else(|| {
-                    let (oldest, _) = holders
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, h)| h.tick)
-                        .unwrap_or((0, &holders[0]));
-                    oldest
-                });
-            holders[slot] = Holder { pod, tick };
-            shard.order.push_back((hash, tick));
+            for &hash in blocks {
+                let holders = shard.blocks.entry(hash).or_default();
+                let slot = holders
+                    .iter()
+                    .position(|h| h.tick != 0 && h.pod == pod)
+                    .or_else(|| holders.iter().position(|h| h.tick == 0))
+                    .unwrap_or_else(|| {
+                        let (oldest, _) = holders
+                            .iter()
+                            .enumerate()
+                            .min_by_key(|(_, h)| h.tick)
+                            .unwrap_or((0, &holders[0]));
+                        oldest
+                    });
+                holders[slot] = Holder { pod, tick };
+                shard.order.push_back((hash, tick));
+            }
             evict(shard, self.per_shard);
         }
     }

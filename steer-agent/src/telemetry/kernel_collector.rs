@@ -3,19 +3,15 @@
 
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::core::Collector;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
+use super::collector::{Families, ScrapeCollector};
 use crate::datapath::KernelDatapath;
 
-#[derive(Debug)]
-pub struct KernelCollector {
-    kernel: Arc<KernelDatapath>,
-    descs: Vec<Desc>,
-}
+pub type KernelCollector = ScrapeCollector<Arc<KernelDatapath>, KernelFamilies>;
 
-struct Families {
+pub struct KernelFamilies {
     srtt: IntGaugeVec,
     samples: IntCounterVec,
     connects: IntCounterVec,
@@ -27,7 +23,7 @@ struct Families {
     events: IntCounterVec,
 }
 
-impl Families {
+impl Families<Arc<KernelDatapath>> for KernelFamilies {
     fn new() -> Self {
         let counter = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label]).expect("static options are valid")
@@ -84,8 +80,8 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 9] {
-        [
+    fn collectors(&self) -> Vec<&dyn Collector> {
+        vec![
             &self.srtt,
             &self.samples,
             &self.connects,
@@ -97,27 +93,10 @@ impl Families {
             &self.events,
         ]
     }
-}
 
-impl KernelCollector {
-    pub fn new(kernel: Arc<KernelDatapath>) -> Self {
-        let descs = Families::new()
-            .collectors()
-            .iter()
-            .flat_map(|c| c.desc().into_iter().cloned())
-            .collect();
-        Self { kernel, descs }
-    }
-}
-
-impl Collector for KernelCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let f = Families::new();
-        let stats = self.kernel.stats();
+    fn fill(&self, kernel: &Arc<KernelDatapath>) {
+        let f = self;
+        let stats = kernel.stats();
         for (addr, pod) in &stats.pods {
             let label = addr.to_string();
             let l = [label.as_str()];
@@ -133,6 +112,5 @@ impl Collector for KernelCollector {
         for (name, value) in &stats.counters {
             f.events.with_label_values(&[name]).inc_by(*value);
         }
-        f.collectors().iter().flat_map(|c| c.collect()).collect()
     }
 }

@@ -1,10 +1,13 @@
 //! Prometheus metrics, the `/metrics` `/healthz` `/readyz` server, and logs.
 
+mod collector;
+mod discovery_collector;
 mod http;
 mod kernel_collector;
 mod metrics;
 mod pool_collector;
 
+pub use discovery_collector::DiscoveryCollector;
 pub use http::{AdminState, serve_admin};
 pub use metrics::{ErrorKind, Metrics};
 

@@ -4,20 +4,16 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use prometheus::core::Collector;
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
+use super::collector::{Families, ScrapeCollector};
 use crate::pool::Pools;
 use crate::routing::Strategy;
 
-#[derive(Debug)]
-pub struct PoolCollector {
-    pools: Arc<Pools>,
-    descs: Vec<Desc>,
-}
+pub type PoolCollector = ScrapeCollector<Arc<Pools>, PoolFamilies>;
 
-struct Families {
+pub struct PoolFamilies {
     in_flight: IntGaugeVec,
     ready: IntGaugeVec,
     engine_waiting: IntGaugeVec,
@@ -28,7 +24,7 @@ struct Families {
     completion_tokens: IntCounterVec,
 }
 
-impl Families {
+impl Families<Arc<Pools>> for PoolFamilies {
     fn new() -> Self {
         let pod = &["pod"];
         let model_pod = &["model", "pod"];
@@ -85,8 +81,8 @@ impl Families {
         }
     }
 
-    fn collectors(&self) -> [&dyn Collector; 8] {
-        [
+    fn collectors(&self) -> Vec<&dyn Collector> {
+        vec![
             &self.in_flight,
             &self.ready,
             &self.engine_waiting,
@@ -97,27 +93,10 @@ impl Families {
             &self.completion_tokens,
         ]
     }
-}
 
-impl PoolCollector {
-    pub fn new(pools: Arc<Pools>) -> Self {
-        let descs = Families::new()
-            .collectors()
-            .iter()
-            .flat_map(|c| c.desc().into_iter().cloned())
-            .collect();
-        Self { pools, descs }
-    }
-}
-
-impl Collector for PoolCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let f = Families::new();
-        let snapshot = self.pools.snapshot();
+    fn fill(&self, pools: &Arc<Pools>) {
+        let f = self;
+        let snapshot = pools.snapshot();
         for ep in &snapshot.endpoints {
             let pod = [&*ep.addr_text];
             f.in_flight
@@ -156,6 +135,5 @@ impl Collector for PoolCollector {
                     .inc_by(c.completion_tokens.load(Ordering::Relaxed));
             }
         }
-        f.collectors().iter().flat_map(|c| c.collect()).collect()
     }
 }
