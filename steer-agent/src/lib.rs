@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
+pub mod error_chain;
 pub mod extproc;
 pub mod openai;
 pub mod overrides;

@@ -59,7 +59,7 @@ fn print_maps(pin_dir: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("steer-agent maps: {error}");
+            eprintln!("steer-agent maps: {}", steer_agent::datapath::chain(&error));
             ExitCode::FAILURE
         }
     }

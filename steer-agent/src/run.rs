@@ -31,7 +31,7 @@ pub enum RunError {
     },
     #[error("ext_proc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
-    #[error("eBPF datapath required but unavailable: {0}")]
+    #[error("eBPF datapath required but unavailable: {}", crate::datapath::chain(.0))]
     Datapath(#[from] crate::datapath::DatapathError),
     #[error("Kubernetes discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),

@@ -123,7 +123,7 @@ async fn demo(keep_running: bool) -> Result<()> {
     let decision_sum =
         metric_value(&metrics, "steer_decision_duration_seconds_sum", &[]).unwrap_or(0.0);
     println!(
-        "\nagent decision time (body received → reply): mean {:.1} us over {decisions} decisions",
+        "\nagent decision time (parse + route): mean {:.1} us over {decisions} decisions",
         decision_sum / decisions.max(1.0) * 1e6
     );
     let stats = stack.envoy.stats().await?;

@@ -36,27 +36,24 @@ pub struct Dump {
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
     let path = pin_dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|e| DatapathError::Map {
-        map: name,
-        message: format!(
-            "{}: {e} (is the agent running with the eBPF datapath?)",
-            path.display()
-        ),
+    let data = MapData::from_pin(&path).map_err(|e| {
+        DatapathError::map(
+            name,
+            format!(
+                " at {} (is the agent running with the eBPF datapath?)",
+                path.display()
+            ),
+            e,
+        )
     })?;
-    Map::from_map_data(data).map_err(|e| DatapathError::Map {
-        map: name,
-        message: e.to_string(),
-    })
+    Map::from_map_data(data).map_err(|e| DatapathError::map(name, String::new(), e))
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     pin_dir: &Path,
     name: &'static str,
 ) -> Result<T, DatapathError> {
-    T::try_from(open(pin_dir, name)?).map_err(|e| DatapathError::Map {
-        map: name,
-        message: e.to_string(),
-    })
+    T::try_from(open(pin_dir, name)?).map_err(|e| DatapathError::map(name, String::new(), e))
 }
 
 pub fn dump(pin_dir: &Path) -> Result<Dump, DatapathError> {
@@ -161,7 +158,7 @@ impl Dump {
         let _ = writeln!(
             out,
             "  {:<22} {:>9} {:>9} {:>9} {:>7} {:>12} {:>12}",
-            "pod", "srtt_us", "samples", "connects", "failed", "tx_bytes", "rx_bytes"
+            "pod", "srtt_us", "samples", "connects", "failed", "ip_tx_bytes", "ip_rx_bytes"
         );
         for p in &self.pods {
             let _ = writeln!(
@@ -176,6 +173,9 @@ impl Dump {
                 p.stats.rx_bytes
             );
         }
+        out.push_str(
+            "  (TC counts bytes per pod IP: pods sharing an IP, e.g. hostNetwork or loopback pods, show the same totals)\n",
+        );
         out.push_str("\nCounters\n");
         for (name, value) in &self.counters {
             let _ = writeln!(out, "  {name:<20} {value}");

@@ -69,7 +69,7 @@ impl KernelDatapath {
         }
         let mut ebpf = loader
             .load(bytes)
-            .map_err(|e| DatapathError::Load(chain(&e)))?;
+            .map_err(|e| DatapathError::load("object", e))?;
 
         let links_dir = pin_dir.join("links");
         let mut attached = Vec::new();
@@ -78,12 +78,14 @@ impl KernelDatapath {
             ($ty:ty, $name:expr) => {{
                 let name = $name;
                 let prog: &mut $ty = program(&mut ebpf, name)?;
-                prog.load().map_err(|e| load_err(name, e))?;
+                prog.load().map_err(|e| DatapathError::load(name, e))?;
                 let id = prog
                     .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .map_err(|e| attach_err(name, e))?;
-                let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
-                let link = FdLink::try_from(link).map_err(|e| attach_err(name, e))?;
+                    .map_err(|e| DatapathError::attach(name, e))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(|e| DatapathError::attach(name, e))?;
+                let link = FdLink::try_from(link).map_err(|e| DatapathError::attach(name, e))?;
                 attached.push((name.to_owned(), link));
             }};
         }
@@ -100,7 +102,7 @@ impl KernelDatapath {
             (abi::PROG_TC_EGRESS, TcAttachType::Egress),
         ] {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| load_err(name, e))?;
+            prog.load().map_err(|e| DatapathError::load(name, e))?;
             // First in the TCX chain: a program before us returning TC_ACT_OK
             // would end the chain and hide traffic from the counters.
             for iface in &settings.interfaces {
@@ -111,14 +113,17 @@ impl KernelDatapath {
                     TcAttachOptions::TcxOrder(LinkOrder::first()),
                 ) {
                     Ok(id) => {
-                        let link = prog.take_link(id).map_err(|e| attach_err(&what, e))?;
-                        let link = FdLink::try_from(link).map_err(|e| attach_err(&what, e))?;
+                        let link = prog
+                            .take_link(id)
+                            .map_err(|e| DatapathError::attach(&what, e))?;
+                        let link =
+                            FdLink::try_from(link).map_err(|e| DatapathError::attach(&what, e))?;
                         attached.push((format!("{name}_{}", sanitize(iface)), link));
                     }
                     // Kernels before 6.6 have no TCX: classic clsact/cls_bpf. Such a
                     // filter is not a pinnable link; it lives as long as this agent.
                     Err(tcx_error) => {
-                        tracing::info!(%iface, error = %chain(&tcx_error), "TCX attach failed; falling back to clsact");
+                        tracing::info!(%iface, error = %super::chain(&tcx_error), "TCX attach failed; falling back to clsact");
                         if let Err(e) = qdisc_add_clsact(iface) {
                             tracing::debug!(%iface, error = %e, "clsact qdisc present or not addable");
                         }
@@ -127,7 +132,7 @@ impl KernelDatapath {
                             kind,
                             TcAttachOptions::Netlink(NlOptions::default()),
                         )
-                        .map_err(|e| attach_err(&what, e))?;
+                        .map_err(|e| DatapathError::attach(&what, e))?;
                     }
                 }
             }
@@ -138,11 +143,11 @@ impl KernelDatapath {
         }
         // New links are live: retire the previous run's, then pin ours. (Link-based
         // cgroup attachment always allows several programs; flags must be 0.)
-        std::fs::create_dir_all(&links_dir).map_err(|e| pin_err(&links_dir, e))?;
+        std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::pin(&links_dir, e))?;
         retire_links(&links_dir);
         for (name, link) in attached {
             let path = links_dir.join(&name);
-            link.pin(&path).map_err(|e| pin_err(&path, e))?;
+            link.pin(&path).map_err(|e| DatapathError::pin(&path, e))?;
         }
         tracing::info!(
             pins = %pin_dir.display(),
@@ -194,7 +199,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), DatapathError> {
     for map in abi::ALL_MAPS {
         let path = pin_dir.join(map);
         if path.exists() {
-            std::fs::remove_file(&path).map_err(|e| pin_err(&path, e))?;
+            std::fs::remove_file(&path).map_err(|e| DatapathError::pin(&path, e))?;
         }
     }
     let _ = std::fs::remove_dir(pin_dir);
@@ -228,7 +233,7 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), DatapathError> {
             parent.display()
         )));
     }
-    std::fs::create_dir_all(pin_dir).map_err(|e| pin_err(pin_dir, e))
+    std::fs::create_dir_all(pin_dir).map_err(|e| DatapathError::pin(pin_dir, e))
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
@@ -237,8 +242,8 @@ where
 {
     let prog = ebpf
         .program_mut(name)
-        .ok_or_else(|| DatapathError::Load(format!("program {name} missing from the object")))?;
-    prog.try_into().map_err(|e| load_err(name, e))
+        .ok_or_else(|| DatapathError::missing_program(name))?;
+    prog.try_into().map_err(|e| DatapathError::load(name, e))
 }
 
 /// bpffs rejects '.' in names; interface names may carry one (VLANs).
@@ -252,34 +257,4 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
-}
-
-fn load_err(name: &str, e: impl std::error::Error) -> DatapathError {
-    DatapathError::Load(format!("{name}: {}", chain(&e)))
-}
-
-fn attach_err(what: &str, e: impl std::error::Error) -> DatapathError {
-    DatapathError::Attach {
-        what: what.to_owned(),
-        message: chain(&e),
-    }
-}
-
-/// An error with its sources: aya's syscall errors keep the errno there.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-fn pin_err(path: &Path, e: impl std::fmt::Display) -> DatapathError {
-    DatapathError::Pin {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    }
 }

@@ -32,15 +32,86 @@ pub enum DatapathError {
     Bpffs(String),
     #[error("cgroup v2: {0}")]
     Cgroup(String),
-    #[error("loading eBPF programs: {0}")]
-    Load(String),
-    #[error("attaching {what}: {message}")]
-    Attach { what: String, message: String },
-    #[error("eBPF map {map}: {message}")]
-    Map { map: &'static str, message: String },
-    #[error("pinning {path}: {message}")]
-    Pin { path: String, message: String },
+    #[error("loading eBPF program(s) {what}")]
+    Load {
+        what: String,
+        #[source]
+        source: Option<Source>,
+    },
+    #[error("attaching {what}")]
+    Attach {
+        what: String,
+        #[source]
+        source: Source,
+    },
+    #[error("eBPF map {map}{context}")]
+    Map {
+        map: &'static str,
+        /// Where or why, e.g. ": missing from the object".
+        context: String,
+        #[source]
+        source: Option<Source>,
+    },
+    #[error("pinning {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: Source,
+    },
 }
+
+/// The underlying error (aya's syscall errors keep the errno in theirs).
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+impl DatapathError {
+    pub(crate) fn load(what: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Load {
+            what: what.to_owned(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn missing_program(what: &str) -> Self {
+        Self::Load {
+            what: format!("{what} (missing from the object)"),
+            source: None,
+        }
+    }
+
+    pub(crate) fn attach(
+        what: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Attach {
+            what: what.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn map(
+        map: &'static str,
+        context: String,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Map {
+            map,
+            context,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn pin(
+        path: &std::path::Path,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Pin {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+pub use crate::error_chain::chain;
 
 /// What the agent runs with, for logs, `/readyz` and metrics.
 #[derive(Clone, Debug)]
@@ -87,7 +158,7 @@ impl Datapath {
                 Ok(datapath)
             }
             Err(error) if settings.mode == DatapathMode::Auto => {
-                Ok(Self::header_only(error.to_string()))
+                Ok(Self::header_only(chain(&error)))
             }
             Err(error) => Err(error),
         }

@@ -45,7 +45,9 @@ impl KernelStats {
         for (ip, per_cpu) in tables.traffic.iter().flatten() {
             traffic_by_ip.insert(ip, merge_traffic(per_cpu.iter()));
         }
-        // Traffic is per IP; show it on every pod (ip:port) of that IP.
+        // TC counts per IP (packets carry no pod identity beyond it): every
+        // pod (ip:port) of that IP shows the IP's totals, said so in
+        // `steer-agent maps` and the metrics' help.
         for pod in tables.pods.keys().flatten() {
             let entry = stats.pods.entry(from_addr4(pod)).or_default();
             if let Some(t) = traffic_by_ip.get(&pod.ip) {

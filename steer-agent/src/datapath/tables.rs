@@ -55,19 +55,17 @@ impl Tables {
         };
         let prog: &mut SkMsg = ebpf
             .program_mut(abi::PROG_SK_MSG)
-            .ok_or_else(|| DatapathError::Load("sk_msg program missing".into()))?
+            .ok_or_else(|| DatapathError::missing_program(abi::PROG_SK_MSG))?
             .try_into()
-            .map_err(|e| DatapathError::Load(format!("{}: {e}", abi::PROG_SK_MSG)))?;
+            .map_err(|e| DatapathError::load(abi::PROG_SK_MSG, e))?;
         prog.load()
-            .map_err(|e| DatapathError::Load(format!("{}: {e}", abi::PROG_SK_MSG)))?;
+            .map_err(|e| DatapathError::load(abi::PROG_SK_MSG, e))?;
         let fd = socks
             .fd()
             .try_clone()
             .map_err(|e| map_err(abi::MAP_SOCKS, e))?;
-        prog.attach(&fd).map_err(|e| DatapathError::Attach {
-            what: abi::PROG_SK_MSG.into(),
-            message: e.to_string(),
-        })?;
+        prog.attach(&fd)
+            .map_err(|e| DatapathError::attach(abi::PROG_SK_MSG, e))?;
         Ok(())
     }
 
@@ -155,16 +153,14 @@ where
 {
     let map = ebpf.take_map(name).ok_or_else(|| DatapathError::Map {
         map: name,
-        message: "missing from the object".into(),
+        context: ": missing from the object".into(),
+        source: None,
     })?;
     T::try_from(map).map_err(|e| map_err(name, e))
 }
 
-fn map_err(map: &'static str, e: impl std::fmt::Display) -> DatapathError {
-    DatapathError::Map {
-        map,
-        message: e.to_string(),
-    }
+fn map_err(map: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> DatapathError {
+    DatapathError::map(map, String::new(), e)
 }
 
 #[cfg(test)]

@@ -210,6 +210,12 @@ impl StreamState {
         self.body_done = true;
         let started = Instant::now();
         self.decide(out);
+        self.observe_decision(started);
+    }
+
+    /// `steer_decision_duration_seconds`: parse + route + reply built, for
+    /// every decision (with a body or without).
+    fn observe_decision(&self, started: Instant) {
         self.shared
             .metrics
             .decision_seconds
@@ -268,6 +274,7 @@ impl StreamState {
         let Some(model) = self.meta.model.clone() else {
             return self.fail(RequestError::NoBody, out);
         };
+        let started = Instant::now();
         let result = self.shared.router.decide(&RouteRequest {
             model: &model,
             strategy: self.meta.strategy.as_deref(),
@@ -282,6 +289,7 @@ impl StreamState {
             }
             Err(err) => self.fail(err.into(), out),
         }
+        self.observe_decision(started);
     }
 
     fn route_reply(&self, phase: Phase, d: &Decision) -> ProcessingResponse {

@@ -4,5 +4,5 @@
 mod request;
 mod usage;
 
-pub use request::{Endpoint, ParseError, ParsedRequest, PromptPieces};
+pub use request::{ParseError, ParsedRequest, PromptPieces};
 pub use usage::{Usage, UsageScanner};

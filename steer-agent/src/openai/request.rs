@@ -1,8 +1,9 @@
 //! One borrowed parse of an OpenAI-style request body.
 //!
-//! The body is parsed exactly once with serde_json into borrowed types; the
-//! prompt text is not concatenated but exposed as pieces, so hashing it for
-//! prefix matching copies nothing.
+//! The body is parsed exactly once with serde_json. A string without escapes
+//! is borrowed from the body; one with an escape (`\n`, `\"`, which nearly
+//! every real chat prompt has) is unescaped into its own allocation, once.
+//! The prompt is exposed as pieces in prompt order, never concatenated.
 
 use std::borrow::Cow;
 
@@ -11,30 +12,6 @@ use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-
-/// The OpenAI endpoints Steer understands, from the request `:path`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Responses,
-    /// Any other path with a JSON body carrying `model` is still routable.
-    Other,
-}
-
-impl Endpoint {
-    pub fn from_path(path: &str) -> Self {
-        let path = path.split('?').next().unwrap_or(path);
-        match path.trim_end_matches('/') {
-            "/v1/chat/completions" => Self::ChatCompletions,
-            "/v1/completions" => Self::Completions,
-            "/v1/embeddings" => Self::Embeddings,
-            "/v1/responses" => Self::Responses,
-            _ => Self::Other,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -75,8 +52,6 @@ impl<'a> PromptPieces<'a> {
 #[derive(Debug)]
 pub struct ParsedRequest<'a> {
     pub model: Cow<'a, str>,
-    pub stream: bool,
-    pub include_usage: bool,
     pub user: Option<Cow<'a, str>>,
     pub prompt: PromptPieces<'a>,
 }
@@ -85,10 +60,6 @@ pub struct ParsedRequest<'a> {
 struct Body<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
     #[serde(borrow, default)]
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -99,12 +70,6 @@ struct Body<'a> {
     prompt: Option<TextPieces<'a>>,
     #[serde(borrow, default)]
     input: Option<TextPieces<'a>>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -137,11 +102,6 @@ impl<'a> ParsedRequest<'a> {
         prompt.extend(body.input);
         Ok(Self {
             model,
-            stream: body.stream.unwrap_or(false),
-            include_usage: body
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
             user: body.user,
             prompt,
         })
@@ -240,7 +200,6 @@ mod tests {
             {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":" there"}]}]}"#;
         let req = ParsedRequest::parse(body).unwrap();
         assert_eq!(req.model, "qwen");
-        assert!(req.stream && req.include_usage);
         assert_eq!(req.user.as_deref(), Some("u1"));
         assert_eq!(text(&req), "system\nYou are \"helpful\".\nuser\nHi there\n");
     }
@@ -249,7 +208,6 @@ mod tests {
     fn completions_prompt_string_and_array() {
         let req = ParsedRequest::parse(br#"{"model":"m","prompt":"abc"}"#).unwrap();
         assert_eq!(text(&req), "abc");
-        assert!(!req.stream);
         let req = ParsedRequest::parse(br#"{"model":"m","prompt":["ab","cd"]}"#).unwrap();
         assert_eq!(text(&req), "abcd");
         let req = ParsedRequest::parse(br#"{"model":"m","prompt":[1,2,3]}"#).unwrap();
@@ -312,17 +270,14 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_from_path() {
-        assert_eq!(
-            Endpoint::from_path("/v1/chat/completions?x=1"),
-            Endpoint::ChatCompletions
-        );
-        assert_eq!(
-            Endpoint::from_path("/v1/completions"),
-            Endpoint::Completions
-        );
-        assert_eq!(Endpoint::from_path("/v1/embeddings/"), Endpoint::Embeddings);
-        assert_eq!(Endpoint::from_path("/v1/responses"), Endpoint::Responses);
-        assert_eq!(Endpoint::from_path("/foo"), Endpoint::Other);
+    fn escape_free_strings_are_borrowed_escaped_ones_unescaped_once() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"plain"},{"role":"user","content":"line\nbreak"}]}"#;
+        let req = ParsedRequest::parse(body).unwrap();
+        let pieces: Vec<&Cow<'_, str>> = req.prompt.pieces.iter().collect();
+        let plain = pieces.iter().find(|p| p.as_ref() == "plain").unwrap();
+        assert!(matches!(plain, Cow::Borrowed(_)));
+        let escaped = pieces.iter().find(|p| p.starts_with("line")).unwrap();
+        assert!(matches!(escaped, Cow::Owned(_)));
+        assert_eq!(escaped.as_ref(), "line\nbreak");
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 
 use super::{EndpointState, EngineMetrics, Pools};
 use crate::discovery::EngineModels;
+use crate::error_chain::chain;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -38,8 +39,8 @@ pub struct Scraper {
 enum ScrapeError {
     #[error("timed out")]
     Timeout,
-    #[error("{0}")]
-    Http(String),
+    #[error("HTTP request failed")]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("status {0}")]
     Status(http::StatusCode),
 }
@@ -107,9 +108,9 @@ impl Scraper {
                 Err(error) => {
                     self.failures.inc();
                     if endpoint.scrape_failed(scrape.unhealthy_after) {
-                        tracing::warn!(pod = %endpoint.addr, %error, "pod taken out of rotation after failed metric scrapes");
+                        tracing::warn!(pod = %endpoint.addr, error = %chain(&error), "pod taken out of rotation after failed metric scrapes");
                     } else {
-                        tracing::debug!(pod = %endpoint.addr, %error, "metric scrape failed");
+                        tracing::debug!(pod = %endpoint.addr, error = %chain(&error), "metric scrape failed");
                     }
                 }
             }
@@ -124,14 +125,12 @@ impl Scraper {
                 .client
                 .get(uri.clone())
                 .await
-                .map_err(|e| ScrapeError::Http(e.to_string()))?;
+                .map_err(|e| ScrapeError::Http(Box::new(e)))?;
             if !response.status().is_success() {
                 return Err(ScrapeError::Status(response.status()));
             }
             let body = response.into_body().collect().await;
-            Ok(body
-                .map_err(|e| ScrapeError::Http(e.to_string()))?
-                .to_bytes())
+            Ok(body.map_err(|e| ScrapeError::Http(Box::new(e)))?.to_bytes())
         };
         tokio::time::timeout(timeout, fetch)
             .await
@@ -150,7 +149,9 @@ impl Scraper {
                     tracing::debug!(pod = %endpoint.addr, "/v1/models answer is not an OpenAI model list")
                 }
             },
-            Err(error) => tracing::debug!(pod = %endpoint.addr, %error, "/v1/models fetch failed"),
+            Err(error) => {
+                tracing::debug!(pod = %endpoint.addr, error = %chain(&error), "/v1/models fetch failed")
+            }
         }
     }
 }

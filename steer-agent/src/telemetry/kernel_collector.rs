@@ -54,22 +54,22 @@ impl Families<Arc<KernelDatapath>> for KernelFamilies {
             ),
             tx_bytes: counter(
                 "steer_kernel_pod_tx_bytes_total",
-                "Bytes node -> pod counted by TC.",
+                "Bytes node -> the pod's IP counted by TC (per IP: pods sharing an IP show the same total).",
                 "pod",
             ),
             rx_bytes: counter(
                 "steer_kernel_pod_rx_bytes_total",
-                "Bytes pod -> node counted by TC.",
+                "Bytes the pod's IP -> node counted by TC (per IP: pods sharing an IP show the same total).",
                 "pod",
             ),
             tx_packets: counter(
                 "steer_kernel_pod_tx_packets_total",
-                "Packets node -> pod counted by TC.",
+                "Packets node -> the pod's IP counted by TC (per IP).",
                 "pod",
             ),
             rx_packets: counter(
                 "steer_kernel_pod_rx_packets_total",
-                "Packets pod -> node counted by TC.",
+                "Packets the pod's IP -> node counted by TC (per IP).",
                 "pod",
             ),
             events: counter(

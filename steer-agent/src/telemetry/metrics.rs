@@ -64,7 +64,8 @@ impl ErrorKind {
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
-    /// Body fully received → decision reply handed to the stream.
+    /// A request's last message (body end, or headers when bodiless) → its
+    /// routing reply built: parse + route.
     pub decision_seconds: Histogram,
     errors: Vec<IntCounter>,
     pub config_reloads: IntCounter,
@@ -76,7 +77,7 @@ impl Metrics {
         let decision_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "steer_decision_duration_seconds",
-                "Agent time from the request body received to the routing reply sent.",
+                "Agent time per decision: from the request's last message (body end, or headers of a bodiless request) to its routing reply built (parse + route).",
             )
             .buckets(vec![
                 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3,
