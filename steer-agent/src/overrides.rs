@@ -86,12 +86,7 @@ pub fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DatapathMode, FileConfig};
-
-    fn settings(yaml: &str) -> Settings {
-        let file: FileConfig = serde_yaml::from_str(yaml).unwrap();
-        Settings::resolve(Some(file), &[]).unwrap()
-    }
+    use crate::config::{DatapathMode, settings_from_yaml as settings};
 
     #[test]
     fn flags_win_over_the_file_every_time() {

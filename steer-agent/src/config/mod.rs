@@ -175,6 +175,13 @@ impl Settings {
     }
 }
 
+/// Settings from a YAML config text (unit tests across the crate).
+#[cfg(test)]
+pub(crate) fn settings_from_yaml(yaml: &str) -> Settings {
+    let file: FileConfig = serde_yaml::from_str(yaml).expect("test YAML parses");
+    Settings::resolve(Some(file), &[]).expect("test settings resolve")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

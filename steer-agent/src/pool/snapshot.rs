@@ -172,12 +172,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, Settings};
-
-    fn settings(yaml: &str) -> Settings {
-        let file: FileConfig = serde_yaml::from_str(yaml).unwrap();
-        Settings::resolve(Some(file), &[]).unwrap()
-    }
+    use crate::config::settings_from_yaml as settings;
 
     #[test]
     fn pod_state_survives_reload_and_removed_pods_are_reported() {

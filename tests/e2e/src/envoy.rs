@@ -48,7 +48,8 @@ impl EnvoyConfig {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The Envoy binary of `version`, installed by `cargo xtask setup`.

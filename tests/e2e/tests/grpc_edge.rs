@@ -63,6 +63,19 @@ impl GrpcStream {
             .expect("a response kind")
     }
 
+    /// A BUFFERED stream routed to a pod (headers, then the whole body):
+    /// the stream (still open, in flight) and the pod.
+    async fn routed(stack: &Stack, body_text: &str) -> (Self, String) {
+        let mut s = Self::open(stack).await;
+        let mode = Some(BodySendMode::Buffered);
+        s.send(headers(&[], false), mode).await;
+        s.reply().await;
+        s.send(body(body_text.as_bytes(), true), mode).await;
+        let reply = s.reply().await;
+        let pod = target_pod(&reply).unwrap_or_else(|| panic!("routed: {reply:?}"));
+        (s, pod)
+    }
+
     /// No reply arrives within `ms`.
     async fn silent_for(&mut self, ms: u64) -> bool {
         tokio::time::timeout(Duration::from_millis(ms), self.rx.message())
@@ -166,13 +179,9 @@ async fn streamed_mode_asks_for_buffered_and_headers_reply_carries_mode_override
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_final_chunk_is_answered_once_and_not_routed_twice() {
     let stack = common::stack(&["m"], "round-robin").await;
-    let mut s = GrpcStream::open(&stack).await;
     let mode = Some(BodySendMode::Buffered);
-    s.send(headers(&[], false), mode).await;
-    s.reply().await;
     let text = chat_body("m", "hi", false, 1);
-    s.send(body(text.as_bytes(), true), mode).await;
-    assert!(target_pod(&s.reply().await).is_some());
+    let (mut s, _) = GrpcStream::routed(&stack, &text).await;
     // Envoy 1.35+ may deliver the last chunk twice.
     s.send(body(text.as_bytes(), true), mode).await;
     let again = s.reply().await;
@@ -216,14 +225,7 @@ async fn messages_out_of_order_never_break_the_agent() {
         drop(s);
     }
     // The agent still routes a well-formed stream.
-    let mut s = GrpcStream::open(&stack).await;
-    s.send(headers(&[], false), Some(BodySendMode::Buffered))
-        .await;
-    s.reply().await;
-    s.send(body(text.as_bytes(), true), Some(BodySendMode::Buffered))
-        .await;
-    assert!(target_pod(&s.reply().await).is_some());
-    drop(s);
+    drop(GrpcStream::routed(&stack, &text).await);
     common::assert_idle(&stack).await;
 }
 
@@ -233,14 +235,7 @@ async fn abandoned_decided_streams_release_their_in_flight_counts() {
     let text = chat_body("m", "hi", false, 1);
     let mut open = Vec::new();
     for _ in 0..200 {
-        let mut s = GrpcStream::open(&stack).await;
-        s.send(headers(&[], false), Some(BodySendMode::Buffered))
-            .await;
-        s.reply().await;
-        s.send(body(text.as_bytes(), true), Some(BodySendMode::Buffered))
-            .await;
-        assert!(target_pod(&s.reply().await).is_some());
-        open.push(s);
+        open.push(GrpcStream::routed(&stack, &text).await.0);
     }
     let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
     let in_flight: f64 = metrics

@@ -187,12 +187,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// A chat body of about `bytes` bytes (the prompt dominates); streamed with
+/// A chat body of about `bytes` bytes (the prompt dominates, with escapes); streamed with
 /// `stream_tokens` tokens when that is not 0.
 fn sized_body(bytes: usize, stream_tokens: u32) -> String {
     let (stream, tokens) = (stream_tokens > 0, stream_tokens.max(1));
     let base = chat_body("m", "", stream, tokens).len();
-    let filler = "The quick brown fox jumps over the lazy dog. ";
+    // Quotes and newlines, like real chat prompts: JSON escapes the parser
+    // must unescape (a copy per escaped string).
+    let filler = "The \"quick\" brown fox jumps over the lazy dog.\n";
     let prompt: String = filler.repeat(bytes.saturating_sub(base) / filler.len() + 1);
     chat_body("m", &prompt[..bytes.saturating_sub(base)], stream, tokens)
 }
