@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let shared = Arc::new(Shared {
         router: router.clone(),
         metrics: metrics.clone(),
+        body_budget: Default::default(),
     });
     let engine_models = Arc::new(EngineModels::default());
     let scraper = Scraper::new(

@@ -22,6 +22,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
+    pub max_buffered_body_bytes: Option<usize>,
+    #[serde(default)]
     pub models: BTreeMap<String, ModelEntry>,
     #[serde(default)]
     pub scrape: ScrapeEntry,
@@ -206,6 +208,17 @@ impl FileConfig {
                 ),
             ));
         }
+        let max_buffered_body_bytes = positive(
+            "max_buffered_body_bytes",
+            self.max_buffered_body_bytes.map(|v| v as u64),
+            256 << 20,
+        )? as usize;
+        if max_buffered_body_bytes < max_body_bytes {
+            return Err(invalid(
+                "max_buffered_body_bytes".into(),
+                format!("must be at least max_body_bytes ({max_body_bytes})"),
+            ));
+        }
         let p = &self.prefix_cache;
         let defaults = PrefixParams::default();
         let imbalance_rel = p.imbalance_rel.unwrap_or(defaults.imbalance_rel);
@@ -261,6 +274,7 @@ impl FileConfig {
             default_strategy,
             models,
             max_body_bytes,
+            max_buffered_body_bytes,
             scrape,
             prefix,
         })

@@ -46,6 +46,9 @@ pub struct Settings {
     pub default_strategy: Strategy,
     pub models: BTreeMap<String, ModelSettings>,
     pub max_body_bytes: usize,
+    /// Request body bytes all streams may hold at once; past it new body
+    /// bytes get 503 `overloaded` (memory stays bounded, never an abort).
+    pub max_buffered_body_bytes: usize,
     pub scrape: ScrapeSettings,
     pub prefix: PrefixSettings,
     pub datapath: DatapathSettings,

@@ -13,6 +13,8 @@ pub enum RequestError {
     Route(#[from] RouteError),
     #[error("request body of {size} bytes exceeds the limit of {limit} bytes")]
     BodyTooLarge { size: usize, limit: usize },
+    #[error("the router holds too many request bodies right now; retry shortly")]
+    Overloaded,
     #[error(
         "request has no body and no `model` header: Steer routes OpenAI requests by the `model` in their JSON body"
     )]
@@ -25,7 +27,7 @@ impl RequestError {
             Self::Parse(_) | Self::Route(RouteError::UnknownStrategy(_)) | Self::NoBody => 400,
             Self::Route(RouteError::UnknownModel(_)) => 404,
             Self::BodyTooLarge { .. } => 413,
-            Self::Route(RouteError::NoReadyEndpoint(_)) => 503,
+            Self::Route(RouteError::NoReadyEndpoint(_)) | Self::Overloaded => 503,
         }
     }
 
@@ -37,6 +39,7 @@ impl RequestError {
             Self::Route(RouteError::UnknownModel(_)) => ErrorKind::UnknownModel,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::Route(RouteError::NoReadyEndpoint(_)) => ErrorKind::NoReadyEndpoint,
+            Self::Overloaded => ErrorKind::Overloaded,
             Self::NoBody => ErrorKind::NoBody,
         }
     }
@@ -50,6 +53,7 @@ impl RequestError {
             ErrorKind::UnknownStrategy => "x-error-invalid-routing-strategy",
             ErrorKind::UnknownModel => "x-error-model-not-found",
             ErrorKind::BodyTooLarge => "x-error-request-too-large",
+            ErrorKind::Overloaded => "x-error-overloaded",
             _ => "x-error-no-model-backends",
         }
     }
@@ -61,6 +65,7 @@ impl RequestError {
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large"),
             ErrorKind::UnknownStrategy => ("invalid_request_error", "invalid_routing_strategy"),
             ErrorKind::NoReadyEndpoint => ("service_unavailable_error", "no_ready_endpoint"),
+            ErrorKind::Overloaded => ("service_unavailable_error", "overloaded"),
             ErrorKind::InvalidJson => ("invalid_request_error", "invalid_json"),
             _ => ("invalid_request_error", "missing_model"),
         }
@@ -106,6 +111,7 @@ mod tests {
             (RouteError::UnknownModel("m".into()).into(), 404),
             (RequestError::BodyTooLarge { size: 2, limit: 1 }, 413),
             (RouteError::NoReadyEndpoint("m".into()).into(), 503),
+            (RequestError::Overloaded, 503),
             (RequestError::NoBody, 400),
         ];
         for (err, status) in cases {

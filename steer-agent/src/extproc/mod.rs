@@ -1,6 +1,7 @@
 //! Envoy's External Processing (ext_proc) server: one bidirectional gRPC
 //! stream per HTTP request, answered by [`StreamState`].
 
+mod budget;
 mod error;
 mod headers;
 mod reply;
@@ -9,6 +10,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use budget::BodyBudget;
 pub use error::RequestError;
 pub use server::{ExtProcService, Shared};
 pub use stream::StreamState;

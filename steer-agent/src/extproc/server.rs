@@ -20,6 +20,8 @@ use crate::telemetry::Metrics;
 pub struct Shared {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
+    /// Body bytes all streams hold (bounded by `max_buffered_body_bytes`).
+    pub body_budget: super::BodyBudget,
 }
 
 #[derive(Clone, Debug)]

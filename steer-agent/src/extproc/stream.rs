@@ -42,6 +42,8 @@ pub struct StreamState {
     subset: Option<Vec<std::net::SocketAddr>>,
     request_id: String,
     body: Vec<u8>,
+    /// Bytes of `body` taken from the shared [`super::BodyBudget`].
+    charged: usize,
     body_done: bool,
     decision: Option<Decision>,
     usage: Option<UsageScanner>,
@@ -61,6 +63,7 @@ impl StreamState {
             subset: None,
             request_id: String::new(),
             body: Vec::new(),
+            charged: 0,
             body_done: false,
             decision: None,
             usage: None,
@@ -70,6 +73,12 @@ impl StreamState {
 
     pub fn decision(&self) -> Option<&Decision> {
         self.decision.as_ref()
+    }
+
+    /// Bytes allocated for the request body so far.
+    #[cfg(test)]
+    pub fn body_capacity(&self) -> usize {
+        self.body.capacity()
     }
 
     pub fn on_message(&mut self, message: ProcessingRequest, out: &mut Vec<ProcessingResponse>) {
@@ -154,10 +163,10 @@ impl StreamState {
         }
         let limit = self.shared.router.pools().load().settings.max_body_bytes;
         if let Some(size) = self.meta.content_length {
+            // The body grows with the bytes that arrive, never from this header.
             if size > limit {
                 return self.fail(RequestError::BodyTooLarge { size, limit }, out);
             }
-            self.body.reserve_exact(size);
         }
         match self.request_mode {
             BodySendMode::FullDuplexStreamed => {}
@@ -181,11 +190,16 @@ impl StreamState {
             }
             return;
         }
-        let limit = self.shared.router.pools().load().settings.max_body_bytes;
+        let settings = &self.shared.router.pools().load().settings;
+        let (limit, budget) = (settings.max_body_bytes, settings.max_buffered_body_bytes);
         let size = self.body.len() + chunk.len();
         if size > limit {
             return self.fail(RequestError::BodyTooLarge { size, limit }, out);
         }
+        if !self.shared.body_budget.try_take(chunk.len(), budget) {
+            return self.fail(RequestError::Overloaded, out);
+        }
+        self.charged += chunk.len();
         if self.body.is_empty() {
             self.body = chunk;
         } else {
@@ -224,6 +238,8 @@ impl StreamState {
 
     fn decide(&mut self, out: &mut Vec<ProcessingResponse>) {
         let body = std::mem::take(&mut self.body);
+        // Parsed once below, then dropped or handed back to Envoy with the reply.
+        self.release_body();
         let result = ParsedRequest::parse(&body)
             .map_err(RequestError::from)
             .and_then(|parsed| {
@@ -332,6 +348,13 @@ impl StreamState {
         out.push(reply::error(&err));
         self.ended = true;
         self.body = Vec::new();
+        self.release_body();
+    }
+
+    fn release_body(&mut self) {
+        self.shared
+            .body_budget
+            .give_back(std::mem::take(&mut self.charged));
     }
 
     fn finish_usage(&mut self) {
@@ -357,4 +380,11 @@ fn mode(raw: i32) -> BodySendMode {
 
 fn new_request_id() -> String {
     format!("{:016x}{:016x}", next_random(), next_random())
+}
+
+impl Drop for StreamState {
+    /// An abandoned stream gives its body bytes back.
+    fn drop(&mut self) {
+        self.release_body();
+    }
 }

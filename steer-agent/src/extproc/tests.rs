@@ -17,14 +17,19 @@ use crate::router::Router;
 use crate::telemetry::Metrics;
 
 fn shared() -> Arc<Shared> {
-    let file: FileConfig = serde_yaml::from_str(
-        "max_body_bytes: 1000\nmodels:\n  m:\n    endpoints: [\"10.0.0.1:8000\", \"10.0.0.2:8000\"]\n",
-    )
+    shared_with("max_body_bytes: 1000\n")
+}
+
+fn shared_with(extra_yaml: &str) -> Arc<Shared> {
+    let file: FileConfig = serde_yaml::from_str(&format!(
+        "{extra_yaml}models:\n  m:\n    endpoints: [\"10.0.0.1:8000\", \"10.0.0.2:8000\"]\n"
+    ))
     .unwrap();
     let pools = Arc::new(Pools::new(Settings::resolve(Some(file), &[]).unwrap()));
     Arc::new(Shared {
         router: Arc::new(Router::new(pools.clone())),
         metrics: Metrics::new(pools),
+        body_budget: Default::default(),
     })
 }
 
@@ -338,4 +343,33 @@ fn arbitrary_message_sequences_never_panic() {
     // Every stream ended: no request is still counted in flight.
     let snapshot = shared.router.pools().snapshot();
     assert!(snapshot.endpoints.iter().all(|e| e.in_flight() == 0));
+}
+
+#[test]
+fn body_memory_follows_arriving_bytes_and_is_bounded_across_streams() {
+    let shared = shared_with("max_body_bytes: 1000\nmax_buffered_body_bytes: 1500\n");
+    let duplex = Some(BodySendMode::FullDuplexStreamed);
+    let chunk = "x".repeat(600);
+    // A content-length near the limit reserves nothing.
+    let mut a = StreamState::new(shared.clone());
+    send(&mut a, headers(false, &[("content-length", "999")]), duplex);
+    assert_eq!(a.body_capacity(), 0);
+    assert_eq!(shared.body_budget.held(), 0);
+    assert!(send(&mut a, body(&chunk, false), duplex).is_empty());
+    let mut b = StreamState::new(shared.clone());
+    send(&mut b, headers(false, &[]), duplex);
+    assert!(send(&mut b, body(&chunk, false), duplex).is_empty());
+    assert_eq!(shared.body_budget.held(), 1200);
+    // A third stream's body would pass the shared bound: 503, not more memory.
+    let mut c = StreamState::new(shared.clone());
+    send(&mut c, headers(false, &[]), duplex);
+    let r = send(&mut c, body(&chunk, false), duplex);
+    assert_eq!(status(&r[0]), Some(503));
+    assert_eq!(shared.body_budget.held(), 1200);
+    // Abandoned and decided streams give their bytes back.
+    drop(a);
+    assert_eq!(shared.body_budget.held(), 600);
+    let r = send(&mut b, body("", true), duplex);
+    assert!(!r.is_empty());
+    assert_eq!(shared.body_budget.held(), 0);
 }

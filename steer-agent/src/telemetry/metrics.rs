@@ -25,10 +25,12 @@ pub enum ErrorKind {
     ConfigReload,
     /// A reload changed a setting that only a restart applies.
     ReloadNotApplied,
+    /// A body was refused: all streams together hold `max_buffered_body_bytes`.
+    Overloaded,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         Self::InvalidJson,
         Self::MissingModel,
         Self::UnknownStrategy,
@@ -41,6 +43,7 @@ impl ErrorKind {
         Self::ScrapeFailed,
         Self::ConfigReload,
         Self::ReloadNotApplied,
+        Self::Overloaded,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -57,6 +60,7 @@ impl ErrorKind {
             Self::ScrapeFailed => "scrape_failed",
             Self::ConfigReload => "config_reload",
             Self::ReloadNotApplied => "reload_not_applied",
+            Self::Overloaded => "overloaded",
         }
     }
 }
