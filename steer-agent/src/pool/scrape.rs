@@ -23,6 +23,29 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 /// How often an engine's `/v1/models` is re-read (adapters come and go
 /// slower than load changes).
 const MODELS_PERIOD: Duration = Duration::from_secs(2);
+/// The largest `/metrics` or `/v1/models` answer read; a larger (or endless)
+/// one fails the scrape instead of growing the agent's memory.
+pub const MAX_SCRAPE_BYTES: usize = 4 << 20;
+/// The longest wait between scrapes of a pod that keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// When to scrape again after `failures` consecutive failures: the normal
+/// interval until the pod is out of rotation (detection is not delayed),
+/// then doubling up to [`MAX_BACKOFF`], with ±25 % jitter (`jitter` in
+/// 0..1) so dead pods do not retry in lockstep.
+pub fn retry_after(
+    interval: Duration,
+    failures: u32,
+    unhealthy_after: u32,
+    jitter: f64,
+) -> Duration {
+    if failures < unhealthy_after {
+        return interval;
+    }
+    let doublings = (failures - unhealthy_after + 1).min(16);
+    let base = interval.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+    base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+}
 
 #[derive(Debug)]
 pub struct Scraper {
@@ -43,6 +66,8 @@ enum ScrapeError {
     Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("status {0}")]
     Status(http::StatusCode),
+    #[error("reading the answer (at most {MAX_SCRAPE_BYTES} bytes)")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Scraper {
@@ -87,6 +112,7 @@ impl Scraper {
             Err(_) => return,
         };
         let mut models_due = tokio::time::Instant::now();
+        let mut failures = 0u32;
         loop {
             // Copied out: the snapshot guard is not held across awaits.
             let (scrape, discover_models) = {
@@ -104,9 +130,11 @@ impl Scraper {
                         tracing::info!(pod = %endpoint.addr, "pod is back in rotation");
                     }
                     endpoint.scrape_succeeded(&metrics);
+                    failures = 0;
                 }
                 Err(error) => {
                     self.failures.inc();
+                    failures = failures.saturating_add(1);
                     if endpoint.scrape_failed(scrape.unhealthy_after) {
                         tracing::warn!(pod = %endpoint.addr, error = %chain(&error), "pod taken out of rotation after failed metric scrapes");
                     } else {
@@ -114,7 +142,18 @@ impl Scraper {
                     }
                 }
             }
-            tokio::time::sleep(scrape.interval).await;
+            let jitter = {
+                use std::hash::BuildHasher;
+                let h = std::hash::RandomState::new().hash_one((endpoint.addr, failures));
+                (h % 1000) as f64 / 1000.0
+            };
+            tokio::time::sleep(retry_after(
+                scrape.interval,
+                failures,
+                scrape.unhealthy_after,
+                jitter,
+            ))
+            .await;
         }
     }
 
@@ -129,8 +168,10 @@ impl Scraper {
             if !response.status().is_success() {
                 return Err(ScrapeError::Status(response.status()));
             }
-            let body = response.into_body().collect().await;
-            Ok(body.map_err(|e| ScrapeError::Http(Box::new(e)))?.to_bytes())
+            let body = http_body_util::Limited::new(response.into_body(), MAX_SCRAPE_BYTES)
+                .collect()
+                .await;
+            Ok(body.map_err(ScrapeError::Body)?.to_bytes())
         };
         tokio::time::timeout(timeout, fetch)
             .await
@@ -178,6 +219,24 @@ fn model_ids(body: &[u8]) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn dead_pods_back_off_exponentially_with_jitter_and_a_cap() {
+        let ms = |d: Duration| d.as_millis();
+        let interval = Duration::from_millis(100);
+        // Until the pod leaves rotation: the normal interval.
+        assert_eq!(ms(super::retry_after(interval, 0, 3, 0.5)), 100);
+        assert_eq!(ms(super::retry_after(interval, 2, 3, 0.5)), 100);
+        // Then doubling (jitter 0.5 = exactly the base).
+        assert_eq!(ms(super::retry_after(interval, 3, 3, 0.5)), 200);
+        assert_eq!(ms(super::retry_after(interval, 4, 3, 0.5)), 400);
+        assert_eq!(ms(super::retry_after(interval, 40, 3, 0.5)), 5000);
+        // ±25 %.
+        assert_eq!(ms(super::retry_after(interval, 40, 3, 0.0)), 3750);
+        assert_eq!(ms(super::retry_after(interval, 40, 3, 1.0)), 6250);
+    }
+
     #[test]
     fn model_ids_from_an_openai_list() {
         let body = br#"{"object":"list","data":[{"id":"llama","object":"model"},{"id":"sql-lora","parent":"llama"},{"id":" "}]}"#;
