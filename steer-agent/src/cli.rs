@@ -145,7 +145,18 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// How often the config file is checked for changes, in milliseconds.
+    /// How often the config file is checked for changes, in milliseconds
+    /// (SIGHUP checks at once).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub reload_interval_ms: u64,
+
+    /// After SIGTERM: `/readyz` fails at once, the agent keeps serving this
+    /// long (load balancers and Envoy move away), then stops accepting.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub shutdown_grace_seconds: u64,
+
+    /// After the grace: how long open streams may finish before they are cut.
+    /// Grace + drain must stay below the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub drain_timeout_seconds: u64,
 }

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod discovery;
 pub mod error_chain;
 pub mod extproc;
+pub mod lifecycle;
 pub mod openai;
 pub mod overrides;
 pub mod pool;

@@ -14,6 +14,7 @@ use crate::config::{ConfigError, FileConfig, Settings, watch_file};
 use crate::datapath::Datapath;
 use crate::discovery::EngineModels;
 use crate::extproc::{ExtProcService, Shared};
+use crate::lifecycle::{Shutdown, spawn_sighup};
 use crate::overrides::{Overrides, keep_restart_only};
 use crate::pool::{Pools, Scraper};
 use crate::router::Router;
@@ -92,11 +93,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let period = Duration::from_millis(args.reload_interval_ms.max(50));
         let overrides = Overrides::from_args(&args)?;
         let running = pools.snapshot().settings.clone();
+        let reload_now = Arc::new(tokio::sync::Notify::new());
+        spawn_sighup(reload_now.clone(), true);
         tokio::spawn(watch_file(
             path,
             loaded,
             args.pools.clone(),
             period,
+            reload_now,
             move |result| match result {
                 Ok(mut settings) => {
                     overrides.apply(&mut settings);
@@ -116,6 +120,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 }
             },
         ));
+    }
+    if args.config.is_none() {
+        spawn_sighup(Arc::new(tokio::sync::Notify::new()), false);
     }
     {
         // Engines listing new models (LoRA adapters) change the pools too.
@@ -185,35 +192,29 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })
     });
     serving.store(true, Ordering::Relaxed);
-    tonic::transport::Server::builder()
+    let shutdown = Shutdown {
+        grace: Duration::from_secs(args.shutdown_grace_seconds),
+        drain: Duration::from_secs(args.drain_timeout_seconds),
+    };
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await?;
+        .serve_with_incoming_shutdown(
+            incoming,
+            shutdown.stop_accepting(serving.clone(), draining.clone()),
+        );
+    tokio::select! {
+        result = server => result?,
+        _ = shutdown.drain_deadline(draining) => {
+            tracing::warn!("drain deadline passed: open streams are cut");
+        }
+    }
     datapath.shutdown(args.unpin);
     tracing::info!("steer-agent stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 /// Watches the cluster and feeds every new view to the applier.

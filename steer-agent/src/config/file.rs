@@ -23,8 +23,10 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub max_buffered_body_bytes: Option<usize>,
+    /// `None` when the file has no models (absent, or `models:` with nothing
+    /// under it); `Some(empty)` only for an explicit `models: {}`.
     #[serde(default)]
-    pub models: BTreeMap<String, ModelEntry>,
+    pub models: Option<BTreeMap<String, ModelEntry>>,
     #[serde(default)]
     pub scrape: ScrapeEntry,
     #[serde(default)]
@@ -76,6 +78,12 @@ pub struct PrefixEntry {
 }
 
 impl FileConfig {
+    /// The file removes every model on purpose (`models: {}`), as opposed to
+    /// a file that is empty, truncated or only comments.
+    pub fn says_no_models(&self) -> bool {
+        self.models.as_ref().is_some_and(BTreeMap::is_empty)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with_bytes(path).map(|(config, _)| config)
     }
@@ -132,7 +140,7 @@ impl FileConfig {
             None => Strategy::LeastRequest,
         };
         let mut models = BTreeMap::new();
-        for (name, entry) in self.models {
+        for (name, entry) in self.models.unwrap_or_default() {
             if name.trim().is_empty() {
                 return Err(invalid("models".into(), "model name is empty".into()));
             }

@@ -8,19 +8,31 @@ use super::{FileConfig, PoolFlag, Settings};
 
 /// Calls `apply` with new settings each time the file's contents differ from
 /// `loaded` (what the running settings came from) or the last change, and
-/// parse; a broken edit is reported and the last good settings stay.
+/// parse; a broken edit is reported and the last good settings stay. The
+/// file is checked every `period` and whenever `now` is notified (SIGHUP).
+///
+/// A file that routes no model while the last good one did (emptied,
+/// truncated, only comments) is refused like a broken edit, unless it says
+/// `models: {}`: removing every model must be on purpose.
 pub async fn watch_file(
     path: PathBuf,
     loaded: Vec<u8>,
     flags: Vec<PoolFlag>,
     period: Duration,
+    now: std::sync::Arc<tokio::sync::Notify>,
     mut apply: impl FnMut(Result<Settings, super::ConfigError>) + Send,
 ) {
+    let mut had_models = FileConfig::parse(&path, &String::from_utf8_lossy(&loaded))
+        .and_then(|file| Settings::resolve(Some(file), &flags))
+        .is_ok_and(|s| !s.models.is_empty());
     let mut last = Some(loaded);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = now.notified() => {}
+        }
         let Ok(bytes) = tokio::fs::read(&path).await else {
             // Mid-swap or deleted: keep serving; a later tick sees the new file.
             continue;
@@ -30,8 +42,22 @@ pub async fn watch_file(
         }
         last = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        let result =
-            FileConfig::parse(&path, &text).and_then(|file| Settings::resolve(Some(file), &flags));
+        let result = FileConfig::parse(&path, &text).and_then(|file| {
+            let on_purpose = file.says_no_models();
+            let settings = Settings::resolve(Some(file), &flags)?;
+            if settings.models.is_empty() && had_models && !on_purpose {
+                return Err(super::ConfigError::Invalid {
+                    field: "models".into(),
+                    message: "the file routes no model (empty, truncated or only comments?); \
+                              write `models: {}` to remove every model on purpose"
+                        .into(),
+                });
+            }
+            Ok(settings)
+        });
+        if let Ok(settings) = &result {
+            had_models = !settings.models.is_empty();
+        }
         apply(result);
     }
 }

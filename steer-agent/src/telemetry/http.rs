@@ -16,7 +16,7 @@ use crate::pool::Pools;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub pools: Arc<Pools>,
-    /// Set once the ext_proc listener is bound.
+    /// Set once the ext_proc listener is bound; cleared on SIGTERM.
     pub serving: Arc<AtomicBool>,
     pub mode: crate::datapath::Mode,
 }
@@ -50,9 +50,25 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let snapshot = state.pools.snapshot();
     let ready_pods = snapshot.endpoints.iter().filter(|e| e.is_ready()).count();
+    let ready_models = snapshot
+        .models
+        .values()
+        .filter(|m| m.members.iter().any(|e| e.endpoint.is_ready()))
+        .count();
     let serving = state.serving.load(Ordering::Relaxed);
+    // Ready = serving and able to route something: a node's agent with no
+    // routable model sends every request to an error.
+    let ready = serving && ready_models > 0;
+    let reason = if !serving {
+        Some("not serving (starting or shutting down)")
+    } else if ready_models == 0 {
+        Some("no model has a ready pod")
+    } else {
+        None
+    };
     let body = serde_json::json!({
-        "ready": serving,
+        "ready": ready,
+        "reason": reason,
         "mode": state.mode.name(),
         "datapath_reason": match &state.mode {
             crate::datapath::Mode::HeaderOnly { reason } => Some(reason.as_str()),
@@ -60,10 +76,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         },
         "config_generation": snapshot.generation,
         "models": snapshot.models.len(),
+        "ready_models": ready_models,
         "pods": snapshot.endpoints.len(),
         "ready_pods": ready_pods,
     });
-    let status = if serving {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

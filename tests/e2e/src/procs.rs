@@ -283,6 +283,14 @@ impl Stack {
         if !opts.datapath {
             agent_args.extend(["--datapath".to_owned(), "off".to_owned()]);
         }
+        // Tests stop agents at once unless they test the shutdown grace.
+        if !opts
+            .agent_args
+            .iter()
+            .any(|a| a == "--shutdown-grace-seconds")
+        {
+            agent_args.extend(["--shutdown-grace-seconds".to_owned(), "0".to_owned()]);
+        }
         agent_args.extend(opts.agent_args.iter().cloned());
         let mut agent_cmd = Command::new(bins.join("steer-agent"));
         agent_cmd.args(&agent_args);

@@ -53,6 +53,8 @@ impl Rig {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--shutdown-grace-seconds",
+            "0",
         ]);
         cmd.args(extra);
         self.lab.in_cgroup_tokio(&mut cmd);
@@ -361,7 +363,7 @@ async fn without_bpf_privileges_the_agent_runs_header_only() {
         let mut cmd = tokio::process::Command::new("capsh");
         cmd.args([drop_caps, "--", "-c"]);
         cmd.arg(format!(
-            "exec {} run --config {} --datapath {mode} --ext-proc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0",
+            "exec {} run --config {} --datapath {mode} --ext-proc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --shutdown-grace-seconds 0",
             bin.display(),
             rig.config.display()
         ));
@@ -507,7 +509,7 @@ async fn daemonset_capabilities_are_enough_for_the_agent_and_doctor_agrees() {
         .unwrap();
     assert_eq!(privileges["ok"], true, "doctor: {privileges}");
     let mut cmd = with_caps(format!(
-        "exec {} run --config {} --datapath required --ext-proc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0",
+        "exec {} run --config {} --datapath required --ext-proc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --shutdown-grace-seconds 0",
         bin.display(),
         rig.config.display()
     ));

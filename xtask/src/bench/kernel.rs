@@ -213,6 +213,8 @@ async fn start_agent(lab: &Lab, config: &Path, extra: &[&str]) -> Result<Proc> {
             "--metrics-addr",
             "127.0.0.1:0",
             "--unpin",
+            "--shutdown-grace-seconds",
+            "0",
         ])
         .args(extra)
         .env("RUST_LOG", "warn");
