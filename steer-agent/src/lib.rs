@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod discovery;
 pub mod error_chain;
+pub mod excerpt;
 pub mod extproc;
 pub mod lifecycle;
 pub mod openai;

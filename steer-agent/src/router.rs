@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::excerpt::excerpt;
 use crate::openai::PromptPieces;
 use crate::pool::{InFlight, Member, ModelPool, Pools};
 use crate::routing::{self, BlockHasher, PodView, PrefixIndex, Strategy, UnknownStrategy};
@@ -88,7 +89,7 @@ impl Router {
         let snapshot = self.pools.load();
         let pool = snapshot
             .model(req.model)
-            .ok_or_else(|| RouteError::UnknownModel(req.model.to_owned()))?;
+            .ok_or_else(|| RouteError::UnknownModel(excerpt(req.model)))?;
         let strategy = match req.strategy {
             Some(name) => name.parse()?,
             None => pool.strategy.unwrap_or(snapshot.settings.default_strategy),
@@ -101,7 +102,7 @@ impl Router {
             .map(|m| (m.endpoint.view(), m))
             .unzip();
         if views.is_empty() {
-            return Err(RouteError::NoReadyEndpoint(req.model.to_owned()));
+            return Err(RouteError::NoReadyEndpoint(excerpt(req.model)));
         }
         let tie = next_random();
         let mut prefix_blocks = Vec::new();

@@ -373,3 +373,21 @@ fn body_memory_follows_arriving_bytes_and_is_bounded_across_streams() {
     assert!(!r.is_empty());
     assert_eq!(shared.body_budget.held(), 0);
 }
+
+#[test]
+fn user_input_in_errors_is_an_escaped_excerpt() {
+    let mut s = StreamState::new(shared());
+    send(&mut s, headers(false, &[]), Some(BodySendMode::Buffered));
+    let model = format!("x\n2026-12-02 INFO forged\u{1b}[31m{}", "y".repeat(500));
+    let chat = serde_json::json!({"model": model, "messages": []}).to_string();
+    let r = send(&mut s, body(&chat, true), None);
+    assert_eq!(status(&r[0]), Some(404));
+    let Some(Response::ImmediateResponse(i)) = &r[0].response else {
+        panic!("immediate response");
+    };
+    let json: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(message.contains("x\\n2026"), "{message}");
+    assert!(message.len() < 200, "at most a short excerpt: {message}");
+}

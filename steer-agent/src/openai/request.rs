@@ -83,7 +83,7 @@ struct Message<'a> {
 impl<'a> ParsedRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, ParseError> {
         let body: Body<'a> =
-            serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+            serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(describe(&e)))?;
         let model = body
             .model
             .filter(|m| !m.trim().is_empty())
@@ -185,6 +185,19 @@ impl<'de: 'a, 'a> Visitor<'de> for PiecesVisitor<'a> {
     }
 }
 
+/// What is wrong with the JSON and where, without echoing any of it:
+/// serde's own messages quote the offending value (prompt text included).
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "syntax error",
+        Category::Eof => "unexpected end of input",
+        Category::Data => "a field has the wrong type or shape",
+        Category::Io => "unreadable input",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +280,19 @@ mod tests {
             ParsedRequest::parse(too_deep.as_bytes()),
             Err(ParseError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn json_errors_never_echo_the_body() {
+        let secret = br#"{"model":"m","messages":"my secret prompt"}"#;
+        let Err(ParseError::InvalidJson(message)) = ParsedRequest::parse(secret) else {
+            panic!("a type error");
+        };
+        assert!(!message.contains("secret"), "{message}");
+        assert!(
+            message.contains("wrong type") && message.contains("column"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl FromStr for Strategy {
             .iter()
             .position(|n| n.eq_ignore_ascii_case(canonical))
             .map(|i| Self::ALL[i])
-            .ok_or_else(|| UnknownStrategy(name.to_owned()))
+            .ok_or_else(|| UnknownStrategy(crate::excerpt::excerpt(name)))
     }
 }
 
