@@ -362,3 +362,39 @@ async fn envoy_errors_are_openai_json_when_the_agent_is_down() {
             .unwrap();
     assert!(failures >= 1, "Envoy counted the ext_proc failure");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_max_body_bytes_by_reload_takes_effect_at_once() {
+    // Started with a 1 MB limit (the gRPC transport's limit used to be
+    // frozen at the start-up value).
+    let mut opts = common::opts(&["m"], "least-request");
+    opts.extra_config = "max_body_bytes: 1000000\n".into();
+    let stack = Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    let config = std::fs::read_to_string(&stack.config).unwrap();
+    let body = chat_body("m", &"word ".repeat(400_000), false, 1);
+    let post = || async {
+        client
+            .post_with(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &[],
+                body.clone(),
+                true,
+            )
+            .await
+            .unwrap()
+    };
+    // A 2 MB body is the agent's 413 (JSON), not a transport failure.
+    let reply = post().await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_eq!(reply.json().unwrap()["error"]["code"], "request_too_large");
+    // Raised by reload: the same body is served.
+    let raised = config.replace("max_body_bytes: 1000000", "max_body_bytes: 8388608");
+    std::fs::write(&stack.config, raised).unwrap();
+    assert!(
+        common::eventually(10, || async { post().await.status == 200 }).await,
+        "2 MB served after raising the limit"
+    );
+    common::assert_idle(&stack).await;
+}
