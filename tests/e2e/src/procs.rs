@@ -140,6 +140,11 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// SIGKILL (a crash), keeping the handle.
+    pub async fn sigkill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then wait (bounded) for a clean exit.
     pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
         self.stop().await
@@ -225,6 +230,9 @@ pub struct StackOptions {
 pub struct Stack {
     pub engines: Vec<Proc>,
     pub agent: Proc,
+    /// How the agent was started, for [`Stack::restart_agent`].
+    agent_args: Vec<String>,
+    agent_bin: PathBuf,
     pub envoy: crate::Envoy,
     pub config: PathBuf,
     pub dir: PathBuf,
@@ -314,6 +322,8 @@ impl Stack {
         Ok(Self {
             engines,
             agent,
+            agent_args,
+            agent_bin: bins.join("steer-agent"),
             envoy,
             config,
             dir,
@@ -331,6 +341,22 @@ impl Stack {
 
     pub fn metrics(&self) -> SocketAddr {
         self.agent.addrs[1]
+    }
+
+    /// Starts the agent again with the same arguments and the addresses the
+    /// first one bound (Envoy keeps pointing at them), e.g. after a crash.
+    pub async fn restart_agent(&mut self) -> Result<()> {
+        let (ext_proc, metrics) = (self.ext_proc().to_string(), self.metrics().to_string());
+        let mut args = self.agent_args.clone();
+        for i in 1..args.len() {
+            match args[i - 1].as_str() {
+                "--ext-proc-addr" => args[i] = ext_proc.clone(),
+                "--metrics-addr" => args[i] = metrics.clone(),
+                _ => {}
+            }
+        }
+        self.agent = Proc::spawn(&self.agent_bin, &args, "steer-agent listening").await?;
+        Ok(())
     }
 
     /// Which engine index listens on `addr`.

@@ -121,3 +121,125 @@ async fn an_endless_metrics_body_is_cut_off_and_the_pod_leaves_rotation() {
     );
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_crash_and_restart_behind_the_same_envoy() {
+    let mut stack = common::stack(&["m", "m"], "round-robin").await;
+    let client = Client::default();
+    let envoy_pid = stack.envoy.proc.pid();
+    for _ in 0..10 {
+        assert_eq!(
+            client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+            200
+        );
+    }
+    stack.agent.sigkill().await;
+    // While it is down every request is a clean OpenAI-style 500, never a hang.
+    let mut errors = 0;
+    for _ in 0..10 {
+        let reply = client.chat(stack.gateway(), "m", &[]).await.unwrap();
+        assert_eq!(reply.status, 500, "{}", reply.text());
+        assert_eq!(
+            reply.json().unwrap()["error"]["code"],
+            "routing_unavailable"
+        );
+        errors += 1;
+    }
+    stack.restart_agent().await.unwrap();
+    // Envoy reconnects by itself: no Envoy restart.
+    let started = std::time::Instant::now();
+    assert!(
+        common::eventually(10, || async {
+            client.chat(stack.gateway(), "m", &[]).await.unwrap().status == 200
+        })
+        .await,
+        "routing resumes after the agent restarts"
+    );
+    eprintln!(
+        "agent down: {errors} requests answered 500 routing_unavailable; routing back {:?} after restart",
+        started.elapsed()
+    );
+    assert_eq!(stack.envoy.proc.pid(), envoy_pid);
+    for _ in 0..10 {
+        assert_eq!(
+            client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+            200
+        );
+    }
+    common::assert_idle(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_killed_mid_stream_ends_that_stream_and_releases_the_pod() {
+    let mut opts = common::opts(&["m", "m"], "round-robin");
+    for engine in &mut opts.engines {
+        engine.1 = steer_e2e::engine_args(0, 20_000, 64);
+    }
+    let mut stack = Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, gw) = (client.clone(), stack.gateway());
+            tokio::spawn(async move {
+                client
+                    .post(
+                        gw,
+                        "/v1/chat/completions",
+                        &[("routing-strategy", "round-robin")],
+                        steer_e2e::chat_body("m", "go", true, 100),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let dead = stack.engines.remove(0);
+    dead.kill().await;
+    let mut cut = 0;
+    for s in streams {
+        match s.await.unwrap() {
+            // The survivor's streams complete; the dead engine's end early.
+            Ok(reply) if reply.text().trim_end().ends_with("data: [DONE]") => {}
+            _ => cut += 1,
+        }
+    }
+    assert!(
+        cut >= 1 && cut <= 2,
+        "{cut} streams cut (two were on the dead engine)"
+    );
+    // New requests reach the survivor once the dead pod left rotation.
+    assert!(
+        common::eventually(10, || async {
+            let reply = client.chat(stack.gateway(), "m", &[]).await.unwrap();
+            reply.status == 200
+        })
+        .await
+    );
+    common::assert_idle(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_garbage_config_keeps_the_last_good_one() {
+    let stack = common::stack(&["m"], "least-request").await;
+    let client = Client::default();
+    let good = std::fs::read(&stack.config).unwrap();
+    std::fs::remove_file(&stack.config).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+        200
+    );
+    std::fs::write(&stack.config, [0xff, 0xfe, 0x00, b'{', b'\n']).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+        200
+    );
+    std::fs::write(&stack.config, good).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+        200
+    );
+    common::assert_idle(&stack).await;
+}
