@@ -204,7 +204,7 @@ async fn an_engine_killed_mid_stream_ends_that_stream_and_releases_the_pod() {
         }
     }
     assert!(
-        cut >= 1 && cut <= 2,
+        (1..=2).contains(&cut),
         "{cut} streams cut (two were on the dead engine)"
     );
     // New requests reach the survivor once the dead pod left rotation.
