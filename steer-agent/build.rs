@@ -18,6 +18,9 @@ use aya_build::{Package, Toolchain};
 const TOOLCHAIN: &str = "stable";
 const EBPF_PACKAGE: &str = "steer-ebpf";
 const REQUIRE: &str = "STEER_REQUIRE_EBPF";
+/// Builds without the eBPF object on purpose (the fuzz targets, which
+/// exercise the request path only), without a warning.
+const SKIP: &str = "STEER_SKIP_EBPF";
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -26,6 +29,11 @@ fn main() {
     println!("cargo:rustc-env=STEER_EBPF_OBJECT={}", object.display());
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed={REQUIRE}");
+    println!("cargo:rerun-if-env-changed={SKIP}");
+    if env::var(SKIP).is_ok_and(|v| v == "1") {
+        write_empty(&object);
+        return;
+    }
     println!("cargo:rerun-if-env-changed=PATH");
     let required = env::var(REQUIRE).is_ok_and(|v| v == "1");
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod kernel_demo;
 mod setup;
 mod setup_deploy;
@@ -39,6 +40,9 @@ enum Command {
     /// Measure decision overhead, agent CPU per decision, routing quality and
     /// (as root) the kernel datapath; writes target/bench/bench.json and bench.md.
     Bench(bench::BenchArgs),
+    /// Run every libFuzzer target (cargo fuzz) for N seconds each, seeded from
+    /// fuzz/corpus; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Bench helper: N connect()+close to ADDR, per-connect ns as JSON.
     #[command(name = "__connect-loop", hide = true)]
     ConnectLoop {
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test => test::run(),
         Command::Demo { keep_running } => demo::run(keep_running),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::ConnectLoop { addr, count } => bench::probes::connect_loop(addr, count),
         Command::RttProbe { addr, count } => bench::probes::rtt_probe(addr, count),
         Command::Listener { addr } => bench::probes::listener(addr),

@@ -30,5 +30,10 @@ pub fn run() -> Result<()> {
     step(&["fmt", "--all", "--", "--check"])?;
     step(&["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"])?;
     step(&["build", "--bins", "--quiet"])?;
+    // Fuzz smoke: every target briefly, from the committed corpus.
+    crate::fuzz::run(&crate::fuzz::FuzzArgs {
+        seconds: 10,
+        target: Vec::new(),
+    })?;
     step(&["test", "--no-fail-fast"])
 }
