@@ -24,10 +24,15 @@ pub async fn stack(models: &[&str], default_strategy: &str) -> Stack {
 /// Every request a test sent has ended: the agent's per-pod in-flight count
 /// is back at 0 for every pod (checked before the stack goes away).
 pub async fn assert_idle(stack: &Stack) {
+    assert_idle_at(stack.metrics()).await;
+}
+
+/// [`assert_idle`] for an agent started without a `Stack`.
+pub async fn assert_idle_at(metrics: std::net::SocketAddr) {
     let client = steer_e2e::Client::default();
     let mut busy = Vec::new();
     for _ in 0..200 {
-        let text = client.metrics(stack.metrics()).await.unwrap_or_default();
+        let text = client.metrics(metrics).await.unwrap_or_default();
         busy = text
             .lines()
             .filter(|l| l.starts_with("steer_pod_in_flight{"))

@@ -195,6 +195,7 @@ async fn connect4_steers_a_vip_to_the_agents_choice() {
     assert!(get("connect_rewrite") >= 5);
     assert!(get("connect_no_backend") >= 1);
     assert!(get("revnat_hit") >= 1);
+    common::assert_idle_at(agent.addrs[1]).await;
     drop(envoy);
     assert!(agent.terminate().await.is_some_and(|s| s.success()));
     assert!(
@@ -271,6 +272,7 @@ async fn kernel_rtt_drives_least_latency_and_tc_counts_bytes() {
         "TC counted {sent} bytes for a 200 kB body"
     );
     drop(bulk);
+    common::assert_idle_at(agent.addrs[1]).await;
     drop(envoy);
     agent.terminate().await;
 }
@@ -291,6 +293,7 @@ async fn restart_keeps_steering_and_unpin_cleans_up() {
         })
         .await
     );
+    common::assert_idle_at(agent.addrs[1]).await;
     drop(envoy);
     assert!(agent.terminate().await.is_some_and(|s| s.success()));
 
@@ -394,6 +397,7 @@ async fn without_bpf_privileges_the_agent_runs_header_only() {
     let envoy = rig.envoy(&agent).await;
     let engine = route_once(&client, envoy.listener, "round-robin").await;
     assert!(engine.starts_with("pod-"));
+    common::assert_idle_at(agent.addrs[1]).await;
     drop(envoy);
     agent.terminate().await;
     // required: refuses to start, with the reason.
@@ -538,6 +542,7 @@ async fn daemonset_capabilities_are_enough_for_the_agent_and_doctor_agrees() {
     let envoy = rig.envoy(&agent).await;
     let engine = route_once(&Client::default(), envoy.listener, "round-robin").await;
     assert!(engine.starts_with("pod-"));
+    common::assert_idle_at(agent.addrs[1]).await;
     drop(envoy);
     agent.terminate().await;
 }
