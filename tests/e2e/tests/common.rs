@@ -47,6 +47,40 @@ pub async fn assert_idle_at(metrics: std::net::SocketAddr) {
     panic!("steer_pod_in_flight did not return to 0: {busy:?}");
 }
 
+/// Engines that decode 20 ms per token (streams last long enough for a
+/// signal or a fault to arrive while they run).
+pub fn slow_opts(n: usize) -> steer_e2e::StackOptions {
+    let mut opts = opts(&vec!["m"; n], "round-robin");
+    for engine in &mut opts.engines {
+        engine.1 = steer_e2e::engine_args(0, 20_000, 64);
+    }
+    opts
+}
+
+/// `n` round-robin chat streams of `tokens` tokens each, in the background.
+pub fn spawn_streams(
+    stack: &Stack,
+    n: usize,
+    tokens: u32,
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<steer_e2e::Reply>>> {
+    (0..n)
+        .map(|_| {
+            let (client, gw) = (steer_e2e::Client::default(), stack.gateway());
+            tokio::spawn(async move {
+                let body = steer_e2e::chat_body("m", "go", true, tokens);
+                client
+                    .post(
+                        gw,
+                        "/v1/chat/completions",
+                        &[("routing-strategy", "round-robin")],
+                        body,
+                    )
+                    .await
+            })
+        })
+        .collect()
+}
+
 /// Polls `check` every 50 ms for up to `secs` seconds.
 pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
 where

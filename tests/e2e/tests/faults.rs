@@ -171,27 +171,9 @@ async fn agent_crash_and_restart_behind_the_same_envoy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_mid_stream_ends_that_stream_and_releases_the_pod() {
-    let mut opts = common::opts(&["m", "m"], "round-robin");
-    for engine in &mut opts.engines {
-        engine.1 = steer_e2e::engine_args(0, 20_000, 64);
-    }
-    let mut stack = Stack::start(opts).await.unwrap();
+    let mut stack = Stack::start(common::slow_opts(2)).await.unwrap();
     let client = Client::default();
-    let streams: Vec<_> = (0..4)
-        .map(|_| {
-            let (client, gw) = (client.clone(), stack.gateway());
-            tokio::spawn(async move {
-                client
-                    .post(
-                        gw,
-                        "/v1/chat/completions",
-                        &[("routing-strategy", "round-robin")],
-                        steer_e2e::chat_body("m", "go", true, 100),
-                    )
-                    .await
-            })
-        })
-        .collect();
+    let streams = common::spawn_streams(&stack, 4, 100);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let dead = stack.engines.remove(0);
     dead.kill().await;

@@ -21,15 +21,6 @@ async fn readyz(stack: &Stack) -> (u16, serde_json::Value) {
     (reply.status, reply.json().unwrap())
 }
 
-/// Slow streams (20 ms per token) so signals arrive while they run.
-fn slow_engines(n: usize) -> steer_e2e::StackOptions {
-    let mut opts = common::opts(&vec!["m"; n], "round-robin");
-    for engine in &mut opts.engines {
-        engine.1 = steer_e2e::engine_args(0, 20_000, 64);
-    }
-    opts
-}
-
 async fn stream(client: &Client, stack: &Stack, tokens: u32) -> steer_e2e::Reply {
     client
         .post(
@@ -44,28 +35,13 @@ async fn stream(client: &Client, stack: &Stack, tokens: u32) -> steer_e2e::Reply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_never_kills_streams_in_flight() {
-    let stack = Stack::start(slow_engines(2)).await.unwrap();
+    let stack = Stack::start(common::slow_opts(2)).await.unwrap();
     let client = Client::default();
-    let streams: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, stack_gw) = (client.clone(), stack.gateway());
-            tokio::spawn(async move {
-                client
-                    .post(
-                        stack_gw,
-                        "/v1/chat/completions",
-                        &[],
-                        chat_body("m", "go", true, 40),
-                    )
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
+    let streams = common::spawn_streams(&stack, 8, 40);
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(&stack, libc::SIGHUP);
     for s in streams {
-        let reply = s.await.unwrap();
+        let reply = s.await.unwrap().unwrap();
         assert_eq!(reply.status, 200);
         assert!(
             reply.text().trim_end().ends_with("data: [DONE]"),
@@ -81,7 +57,7 @@ async fn sighup_never_kills_streams_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_first_serves_the_grace_then_drains() {
-    let mut opts = slow_engines(1);
+    let mut opts = common::slow_opts(1);
     opts.agent_args = vec![
         "--shutdown-grace-seconds".into(),
         "2".into(),
@@ -92,20 +68,7 @@ async fn sigterm_fails_readiness_first_serves_the_grace_then_drains() {
     let client = Client::default();
     assert_eq!(readyz(&stack).await.0, 200);
     // A 60-token stream (1.2 s) runs across the signal.
-    let long = {
-        let (client, gw) = (client.clone(), stack.gateway());
-        tokio::spawn(async move {
-            client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body("m", "go", true, 60),
-                )
-                .await
-                .unwrap()
-        })
-    };
+    let long = common::spawn_streams(&stack, 1, 60).remove(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let signalled = Instant::now();
     signal(&stack, libc::SIGTERM);
@@ -116,7 +79,7 @@ async fn sigterm_fails_readiness_first_serves_the_grace_then_drains() {
     // New requests during the grace are still served.
     let reply = stream(&client, &stack, 2).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let long = long.await.unwrap();
+    let long = long.await.unwrap().unwrap();
     assert_eq!(long.status, 200);
     assert!(long.text().trim_end().ends_with("data: [DONE]"));
     let exit = stack.agent.stop().await.expect("agent exits");
