@@ -101,6 +101,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             args.pools.clone(),
             period,
             reload_now,
+            !running.models.is_empty(),
             move |result| match result {
                 Ok(mut settings) => {
                     overrides.apply(&mut settings);

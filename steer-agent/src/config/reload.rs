@@ -10,6 +10,7 @@ use super::{FileConfig, PoolFlag, Settings};
 /// `loaded` (what the running settings came from) or the last change, and
 /// parse; a broken edit is reported and the last good settings stay. The
 /// file is checked every `period` and whenever `now` is notified (SIGHUP).
+/// `had_models`: the running settings (from `loaded`) route at least one model.
 ///
 /// A file that routes no model while the last good one did (emptied,
 /// truncated, only comments) is refused like a broken edit, unless it says
@@ -20,11 +21,9 @@ pub async fn watch_file(
     flags: Vec<PoolFlag>,
     period: Duration,
     now: std::sync::Arc<tokio::sync::Notify>,
+    mut had_models: bool,
     mut apply: impl FnMut(Result<Settings, super::ConfigError>) + Send,
 ) {
-    let mut had_models = FileConfig::parse(&path, &String::from_utf8_lossy(&loaded))
-        .and_then(|file| Settings::resolve(Some(file), &flags))
-        .is_ok_and(|s| !s.models.is_empty());
     let mut last = Some(loaded);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

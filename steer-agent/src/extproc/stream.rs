@@ -352,9 +352,11 @@ impl StreamState {
     }
 
     fn release_body(&mut self) {
-        self.shared
-            .body_budget
-            .give_back(std::mem::take(&mut self.charged));
+        // Streams that hold no body bytes never touch the shared counter.
+        let charged = std::mem::take(&mut self.charged);
+        if charged > 0 {
+            self.shared.body_budget.give_back(charged);
+        }
     }
 
     fn finish_usage(&mut self) {
