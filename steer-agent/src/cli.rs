@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatapathMode, PoolFlag};
+use crate::listen::ListenAddr;
 
 /// Steer: a node-local LLM traffic steerer for Envoy.
 ///
@@ -70,9 +71,38 @@ pub struct RunArgs {
     #[arg(long, value_name = "STRATEGY")]
     pub default_strategy: Option<String>,
 
-    /// Where Envoy's ext_proc filter connects (gRPC).
-    #[arg(long, default_value = "0.0.0.0:9002", env = "STEER_EXT_PROC_ADDR")]
-    pub ext_proc_addr: SocketAddr,
+    /// Where Envoy's ext_proc filter connects (gRPC): IP:PORT, or
+    /// unix:/path for a Unix domain socket shared with a node-local Envoy.
+    /// Loopback by default; an address other hosts can reach should come with
+    /// mutual TLS (--ext-proc-tls-*).
+    #[arg(long, default_value = "127.0.0.1:9002", env = "STEER_EXT_PROC_ADDR")]
+    pub ext_proc_addr: ListenAddr,
+
+    /// PEM certificate the ext_proc server presents (mutual TLS; needs
+    /// --ext-proc-tls-key and --ext-proc-tls-client-ca too).
+    #[arg(long, value_name = "PEM")]
+    pub ext_proc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --ext-proc-tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub ext_proc_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: Envoy must present a client certificate signed by it.
+    #[arg(long, value_name = "PEM")]
+    pub ext_proc_tls_client_ca: Option<PathBuf>,
+
+    /// Concurrent ext_proc streams (requests) one HTTP/2 connection may carry
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); Envoy opens more connections beyond it.
+    #[arg(long, default_value_t = 8192, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// A stream Envoy sends nothing on for this long is ended: a decided
+    /// request's pod in-flight count is released and Envoy carries on without
+    /// the agent. Keep it above the longest response your routes allow.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_idle_timeout_seconds: u64,
 
     /// Prometheus /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9090", env = "STEER_METRICS_ADDR")]
@@ -159,4 +189,19 @@ pub struct RunArgs {
     /// Grace + drain must stay below the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub drain_timeout_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext_proc_listens_on_loopback_by_default() {
+        let cli = Cli::try_parse_from(["steer-agent", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.ext_proc_addr, "127.0.0.1:9002".parse().unwrap());
+        assert!(!args.ext_proc_addr.is_remote());
+    }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use futures::StreamExt;
 
 use crate::apply::Applier;
 use crate::cli::{DiscoveryMode, RunArgs};
@@ -15,9 +14,11 @@ use crate::datapath::Datapath;
 use crate::discovery::EngineModels;
 use crate::extproc::{ExtProcService, Shared};
 use crate::lifecycle::{Shutdown, spawn_sighup};
+use crate::listen::{ListenAddr, ListenError, TlsFiles};
 use crate::overrides::{Overrides, keep_restart_only};
 use crate::pool::{Pools, Scraper};
 use crate::router::Router;
+use crate::serve::{Bound, ServeOptions, serve};
 use crate::telemetry::{AdminState, ErrorKind, Metrics, serve_admin};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +31,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("ext_proc server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    #[error("ext_proc server: {0}")]
+    ExtProc(#[from] crate::listen::ListenError),
     #[error("eBPF datapath required but unavailable: {}", crate::datapath::chain(.0))]
     Datapath(#[from] crate::datapath::DatapathError),
     #[error("Kubernetes discovery: {0}")]
@@ -71,6 +72,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         router: router.clone(),
         metrics: metrics.clone(),
         body_budget: Default::default(),
+        stream_idle: Duration::from_secs(args.stream_idle_timeout_seconds),
     });
     let engine_models = Arc::new(EngineModels::default());
     let scraper = Scraper::new(
@@ -139,13 +141,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         start_discovery(&args, &applier, &metrics).await?;
     }
 
-    let bind = |what, addr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { what, addr, source })
-    };
-    let admin_listener = bind("metrics", args.metrics_addr).await?;
-    let ext_proc_listener = bind("ext_proc", args.ext_proc_addr).await?;
+    let tls = TlsFiles::from_parts(
+        args.ext_proc_tls_cert.clone(),
+        args.ext_proc_tls_key.clone(),
+        args.ext_proc_tls_client_ca.clone(),
+    )?
+    .map(|files| files.server_config())
+    .transpose()?;
+    let admin_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| RunError::Bind {
+            what: "metrics",
+            addr: args.metrics_addr,
+            source,
+        })?;
+    let ext_proc_listener = Bound::bind(&args.ext_proc_addr).await?;
     let serving = Arc::new(AtomicBool::new(false));
     let admin = AdminState {
         metrics: metrics.clone(),
@@ -155,9 +165,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let ext_proc_addr = ext_proc_listener
         .local_addr()
-        .map_err(|source| RunError::Bind {
-            what: "ext_proc",
-            addr: args.ext_proc_addr,
+        .map_err(|source| ListenError::Bind {
+            addr: args.ext_proc_addr.clone(),
             source,
         })?;
     let metrics_addr = admin_listener
@@ -167,8 +176,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             addr: args.metrics_addr,
             source,
         })?;
+    let mtls = tls.is_some();
+    if ext_proc_addr.is_remote() && !mtls {
+        tracing::warn!(
+            %ext_proc_addr,
+            "ext_proc accepts plain connections from other hosts: anyone who reaches it can open streams; bind loopback or a Unix socket, or turn on mutual TLS (--ext-proc-tls-*)"
+        );
+    }
     tracing::info!(
         %ext_proc_addr,
+        mtls,
         %metrics_addr,
         models = pools.load().models.len(),
         "steer-agent serving"
@@ -186,31 +203,29 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let service = ExternalProcessorServer::new(ExtProcService::new(shared))
         .max_decoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES);
-    // tonic's own tcp_nodelay applies only to listeners it binds itself.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(ext_proc_listener).map(|conn| {
-        conn.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    });
     serving.store(true, Ordering::Relaxed);
     let shutdown = Shutdown {
         grace: Duration::from_secs(args.shutdown_grace_seconds),
         drain: Duration::from_secs(args.drain_timeout_seconds),
     };
     let draining = Arc::new(tokio::sync::Notify::new());
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            incoming,
-            shutdown.stop_accepting(serving.clone(), draining.clone()),
-        );
+    let options = ServeOptions {
+        tls,
+        max_streams_per_connection: args.max_streams_per_connection,
+    };
+    let server = serve(
+        ext_proc_listener,
+        service,
+        options,
+        shutdown.stop_accepting(serving.clone(), draining.clone()),
+    );
     tokio::select! {
         result = server => result?,
         _ = shutdown.drain_deadline(draining) => {
             tracing::warn!("drain deadline passed: open streams are cut");
+            if let ListenAddr::Unix(path) = &ext_proc_addr {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
     datapath.shutdown(args.unpin);

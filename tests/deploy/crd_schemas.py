@@ -583,6 +583,11 @@ KUSTOMIZATION = obj(
         "images": arr(obj({"name": string(min_len=1), "newName": string(min_len=1), "newTag": string(min_len=1), "digest": string()}, ["name"])),
         "labels": arr(BARE_OBJECT),
         "commonAnnotations": STR_MAP,
+        # Inline JSON 6902 patches (the only kind deploy/ uses).
+        "patches": arr(obj({
+            "target": obj({"kind": string(min_len=1), "name": string(min_len=1)}, ["kind", "name"]),
+            "patch": string(min_len=1),
+        }, ["target", "patch"])),
     },
     ["apiVersion", "kind", "resources"],
 )

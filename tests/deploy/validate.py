@@ -96,7 +96,7 @@ def manifest_files():
     kustomizations."""
     files = []
     for path in sorted(DEPLOY.rglob("*.yaml")):
-        if path.parent == DEPLOY / "envoy" or path.name == "kustomization.yaml":
+        if DEPLOY / "envoy" in path.parents or path.name == "kustomization.yaml":
             continue
         files.append(path)
     return files
@@ -178,14 +178,20 @@ def kustomization_checks(directory):
 
 def emulate_kustomize(directory):
     """The kustomize features deploy/ uses: resources (files, directories),
-    namespace (namespaced objects, Namespace names, ClusterRoleBinding subjects)
-    and images."""
+    inline JSON 6902 patches (test, replace), namespace (namespaced objects,
+    Namespace names, ClusterRoleBinding subjects) and images."""
     kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
     objs = []
     for entry in kust["resources"]:
         target = directory / entry
         objs += emulate_kustomize(target) if target.is_dir() else load_docs(target)
     objs = copy.deepcopy(objs)
+    for patch in kust.get("patches", []):
+        target = patch["target"]
+        matched = [o for o in objs if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]]
+        ensure(matched, f"{rel(directory)}: patch target {target} matches nothing")
+        for o in matched:
+            json6902(o, yaml.safe_load(patch["patch"]), f"{rel(directory)} patch of {target['name']}")
     ns = kust.get("namespace")
     if ns:
         for o in objs:
@@ -204,6 +210,21 @@ def emulate_kustomize(directory):
                 if name == image["name"]:
                     c["image"] = f"{image.get('newName', name)}:{image.get('newTag', _tag)}"
     return objs
+
+
+def json6902(obj, ops, where):
+    for op in ops:
+        *parents, last = [p for p in op["path"].split("/")[1:]]
+        node = obj
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        index = int(last) if isinstance(node, list) else last
+        if op["op"] == "test":
+            ensure(node[index] == op["value"], f"{where}: test {op['path']} == {op['value']!r} failed ({node[index]!r})")
+        elif op["op"] == "replace":
+            node[index] = op["value"]
+        else:
+            ensure(False, f"{where}: op {op['op']} is not emulated")
 
 
 def pod_containers(obj):
@@ -267,6 +288,42 @@ def check_flags_exist(args, help_flags):
     unknown = sorted(set(flags) - help_flags)
     ensure(not unknown, f"flags not in `steer-agent run --help`: {unknown}")
     return f"{len(flags)} flags known to the agent"
+
+
+def agent_flag_default(agent, flag):
+    out = subprocess.run([agent, "run", "--help"], capture_output=True, text=True, timeout=30)
+    section = out.stdout.split(f"{flag} ", 1)[-1].split("\n      --", 1)[0]
+    found = re.search(r"\[default: ([^\]]+)\]", section)
+    ensure(found, f"`steer-agent run --help` gives no default for {flag}")
+    return found.group(1)
+
+
+def ext_proc_cluster_streams(cluster):
+    opts = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    return opts["explicit_http_config"]["http2_protocol_options"].get("max_concurrent_streams")
+
+
+def check_stream_bounds_agree(agent, envoy_docs, mtls_cluster):
+    default = int(agent_flag_default(agent, "--max-streams-per-connection"))
+    clusters = {name: envoy_parts(doc)[2]["steer_ext_proc"] for name, doc in envoy_docs.items()}
+    clusters["mtls/ext-proc-cluster.yaml"] = mtls_cluster
+    for name, cluster in clusters.items():
+        ensure(ext_proc_cluster_streams(cluster) == default,
+               f"{name}: steer_ext_proc max_concurrent_streams {ext_proc_cluster_streams(cluster)} != the agent's "
+               f"--max-streams-per-connection default {default} (Envoy would start streams the agent refuses)")
+    return f"{len(clusters)} clusters at {default} streams per connection"
+
+
+def check_mtls_cluster(envoy_doc, cluster):
+    ensure(cluster["name"] == "steer_ext_proc", "the mTLS snippet must be the steer_ext_proc cluster")
+    tls = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    ensure(tls.get("tls_certificates"), "Envoy must present a client certificate")
+    ensure(tls.get("validation_context", {}).get("trusted_ca"), "Envoy must verify the agent's certificate")
+    ensure("h2" in tls.get("alpn_protocols", []), "ALPN h2 (gRPC)")
+    doc = copy.deepcopy(envoy_doc)
+    clusters = doc["static_resources"]["clusters"]
+    clusters[:] = [cluster if c["name"] == "steer_ext_proc" else c for c in clusters]
+    return check_envoy_proto(doc)
 
 
 def closed_ports(n):
@@ -396,9 +453,15 @@ def container_port(container, name):
     return ports[0]["containerPort"]
 
 
-def check_daemonset(objs, namespace="steer-system"):
+def check_daemonset(objs, namespace="steer-system", pod_network_envoy=False):
     ds, pod, c = agent_parts(objs, namespace)
     sub, flags = parse_args(c["args"])
+    bind = flags["--ext-proc-addr"]
+    if pod_network_envoy:
+        ensure(bind.startswith("0.0.0.0:"), f"a pod-network Envoy needs --ext-proc-addr 0.0.0.0:PORT, not {bind}")
+    else:
+        ensure(bind.startswith("127.0.0.1:") or bind.startswith("unix:"),
+               f"--ext-proc-addr {bind}: the node-local agent listens on loopback or a Unix socket only")
     ensure(sub == "run", "the container must run `steer-agent run`")
     ensure(pod.get("hostNetwork") is True, "hostNetwork must be true (node-local Envoy, host cgroup)")
     ensure(pod.get("dnsPolicy") == "ClusterFirstWithHostNet", "hostNetwork needs dnsPolicy ClusterFirstWithHostNet")
@@ -887,6 +950,12 @@ def main():
         run.check(f"envoy proto {rel(path)}", check_envoy_proto, config)
         if facts:
             run.check(f"envoy semantics {rel(path)}", check_envoy_semantics, config, facts, "full-duplex" in path.name)
+    mtls_cluster = load_docs(DEPLOY / "envoy/mtls/ext-proc-cluster.yaml")[0]
+    if "envoy.yaml" in envoy_docs:
+        run.check("envoy mtls/ext-proc-cluster.yaml in envoy.yaml", check_mtls_cluster, envoy_docs["envoy.yaml"], mtls_cluster)
+    if agent is not None:
+        run.check("envoy: ext_proc streams per connection = the agent's bound", check_stream_bounds_agree,
+                  agent, envoy_docs, mtls_cluster)
     eg = rendered.get(DEPLOY / "envoy-gateway") or emulate_kustomize(DEPLOY / "envoy-gateway")
     policy = one(eg, "EnvoyExtensionPolicy", "llm")
     service = one(base, "Service", "steer-system", "steer-agent")
@@ -899,7 +968,10 @@ def main():
     ie = rendered.get(ie_dir) or emulate_kustomize(ie_dir)
     ie_ns = yaml.safe_load((ie_dir / "kustomization.yaml").read_text())["namespace"]
     run.check("inference-extension: pools -> agent Service in their namespace, canary", check_inference_extension, ie, ie_ns)
-    run.check("inference-extension: the overlaid agent is still valid", check_daemonset, ie, ie_ns)
+    run.check("inference-extension: the overlaid agent is still valid, reachable from the gateway",
+              check_daemonset, ie, ie_ns, True)
+    run.check("envoy-gateway: the overlaid agent is still valid, reachable from the gateway",
+              check_daemonset, eg, "steer-system", True)
 
     # 5. Dashboard, Dockerfile, README.
     dashboard = json.loads((DEPLOY / "grafana/steer-dashboard.json").read_text())
@@ -922,6 +994,18 @@ def main():
     ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"].append("SYS_ADMIN")
     run.expect_failure("DaemonSet adding SYS_ADMIN beyond the measured minimum", check_daemonset,
                        [ds if o["kind"] == "DaemonSet" else o for o in base])
+    ds = copy.deepcopy(one(base, "DaemonSet", "steer-system", "steer-agent"))
+    args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+    args[args.index("--ext-proc-addr") + 1] = "0.0.0.0:9002"
+    run.expect_failure("node-local DaemonSet with ext_proc on 0.0.0.0", check_daemonset,
+                       [ds if o["kind"] == "DaemonSet" else o for o in base])
+    if agent is not None and "envoy.yaml" in envoy_docs:
+        doc = copy.deepcopy(envoy_docs["envoy.yaml"])
+        cluster = envoy_parts(doc)[2]["steer_ext_proc"]
+        http = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        http["explicit_http_config"]["http2_protocol_options"] = {}
+        run.expect_failure("envoy.yaml without the agent's streams-per-connection bound",
+                           check_stream_bounds_agree, agent, {"envoy.yaml": doc}, mtls_cluster)
     pool = copy.deepcopy(find(ie, "InferencePool")[0])
     pool["spec"]["endpointPickerRef"]["portNumber"] = pool["spec"]["endpointPickerRef"].pop("port")["number"]
     run.expect_failure("InferencePool with the pre-v1 endpointPickerRef.portNumber", validate_object, pool)

@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
@@ -22,6 +23,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Body bytes all streams hold (bounded by `max_buffered_body_bytes`).
     pub body_budget: super::BodyBudget,
+    /// A stream that sends nothing for this long is ended by the agent.
+    pub stream_idle: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -46,10 +49,11 @@ impl ExternalProcessor for ExtProcService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let inbound = request.into_inner();
+        let idle = self.shared.stream_idle;
         let state = StreamState::new(self.shared.clone());
         let replies = stream::unfold(
             (inbound, state, false, false),
-            |(mut inbound, mut state, replied, failed)| async move {
+            move |(mut inbound, mut state, replied, failed)| async move {
                 if failed {
                     return None;
                 }
@@ -60,8 +64,17 @@ impl ExternalProcessor for ExtProcService {
                 if replied {
                     state.after_reply();
                 }
-                loop {
-                    match inbound.message().await {
+                let status = loop {
+                    let Ok(next) = tokio::time::timeout(idle, inbound.message()).await else {
+                        // Nothing from Envoy for `idle`: a decided stream is
+                        // released (Envoy carries on without the agent); an
+                        // undecided one fails so Envoy applies its failure mode.
+                        if state.release_idle() {
+                            return None;
+                        }
+                        break Status::deadline_exceeded("ext_proc stream idle");
+                    };
+                    match next {
                         Ok(Some(message)) => {
                             let mut out = Vec::with_capacity(2);
                             state.on_message(message, &mut out);
@@ -76,11 +89,12 @@ impl ExternalProcessor for ExtProcService {
                         // its failure mode instead of forwarding the request unrouted.
                         Err(status) => {
                             tracing::debug!(%status, "ext_proc stream failed");
-                            let batch = Either::Right(stream::once(async { Err(status) }));
-                            return Some((batch, (inbound, state, false, true)));
+                            break status;
                         }
                     }
-                }
+                };
+                let batch = Either::Right(stream::once(async { Err(status) }));
+                Some((batch, (inbound, state, false, true)))
             },
         )
         .flatten();

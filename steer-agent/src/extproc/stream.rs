@@ -150,6 +150,18 @@ impl StreamState {
         }
     }
 
+    /// The stream went idle and is being ended: gives back its body bytes and
+    /// its decision (the pod's in-flight count), counted as `idle_stream`.
+    /// Returns whether a routing decision had been made.
+    pub fn release_idle(&mut self) -> bool {
+        self.shared.metrics.error(ErrorKind::IdleStream);
+        self.release_body();
+        let decided = self.decision.take().is_some() || self.ended;
+        tracing::debug!(request_id = %self.request_id, decided, "idle ext_proc stream ended");
+        self.ended = true;
+        decided
+    }
+
     /// Deferred work after the replies left: prefix bookkeeping.
     pub fn after_reply(&mut self) {
         if let Some(decision) = &mut self.decision {

@@ -30,6 +30,7 @@ fn shared_with(extra_yaml: &str) -> Arc<Shared> {
         router: Arc::new(Router::new(pools.clone())),
         metrics: Metrics::new(pools),
         body_budget: Default::default(),
+        stream_idle: std::time::Duration::from_secs(600),
     })
 }
 
@@ -390,4 +391,31 @@ fn user_input_in_errors_is_an_escaped_excerpt() {
     assert!(!message.chars().any(char::is_control), "{message:?}");
     assert!(message.contains("x\\n2026"), "{message}");
     assert!(message.len() < 200, "at most a short excerpt: {message}");
+}
+
+#[test]
+fn an_idle_stream_gives_back_its_in_flight_count_and_its_body_bytes() {
+    let shared = shared();
+    let mut s = StreamState::new(shared.clone());
+    send(&mut s, headers(false, &[]), Some(BodySendMode::Buffered));
+    send(&mut s, body(CHAT, true), None);
+    let endpoint = s.decision().unwrap().member.endpoint.clone();
+    assert_eq!(endpoint.in_flight(), 1);
+    assert!(s.release_idle(), "a decided stream");
+    assert_eq!(endpoint.in_flight(), 0, "released while the stream lives");
+    // Whatever Envoy sends afterwards gets no answer and no second release.
+    assert!(send(&mut s, body(CHAT, true), None).is_empty());
+    drop(s);
+    assert_eq!(endpoint.in_flight(), 0);
+
+    let mut waiting = StreamState::new(shared.clone());
+    send(
+        &mut waiting,
+        headers(false, &[]),
+        Some(BodySendMode::FullDuplexStreamed),
+    );
+    send(&mut waiting, body("{\"model\":", false), None);
+    assert!(shared.body_budget.held() > 0);
+    assert!(!waiting.release_idle(), "not decided");
+    assert_eq!(shared.body_budget.held(), 0);
 }

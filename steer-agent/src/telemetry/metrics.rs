@@ -27,10 +27,13 @@ pub enum ErrorKind {
     ReloadNotApplied,
     /// A body was refused: all streams together hold `max_buffered_body_bytes`.
     Overloaded,
+    /// A stream sent nothing for `--stream-idle-timeout-seconds` and was ended
+    /// by the agent (its pod's in-flight count released).
+    IdleStream,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         Self::InvalidJson,
         Self::MissingModel,
         Self::UnknownStrategy,
@@ -44,6 +47,7 @@ impl ErrorKind {
         Self::ConfigReload,
         Self::ReloadNotApplied,
         Self::Overloaded,
+        Self::IdleStream,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -61,6 +65,7 @@ impl ErrorKind {
             Self::ConfigReload => "config_reload",
             Self::ReloadNotApplied => "reload_not_applied",
             Self::Overloaded => "overloaded",
+            Self::IdleStream => "idle_stream",
         }
     }
 }

@@ -47,7 +47,7 @@ impl EnvoyConfig {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
 }
@@ -86,24 +86,8 @@ pub fn render(config: EnvoyConfig, ext_proc: SocketAddr) -> Result<Value> {
         )?;
     }
     let cluster = cluster_mut(&mut doc, "steer_ext_proc")?;
-    let endpoints = cluster
-        .get_mut("load_assignment")
-        .and_then(|l| l.get_mut("endpoints"))
-        .and_then(Value::as_sequence_mut)
-        .context("steer_ext_proc endpoints")?;
-    for group in endpoints {
-        for ep in group
-            .get_mut("lb_endpoints")
-            .and_then(Value::as_sequence_mut)
-            .context("lb_endpoints")?
-        {
-            set_address(
-                ep.get_mut("endpoint")
-                    .and_then(|e| e.get_mut("address"))
-                    .context("endpoint address")?,
-                ext_proc,
-            )?;
-        }
+    for address in crate::transport::endpoint_addresses(cluster)? {
+        set_address(address, ext_proc)?;
     }
     Ok(doc)
 }
@@ -165,14 +149,14 @@ fn seq_mut<'a>(doc: &'a mut Value, path: &[&str]) -> Result<&'a mut Vec<Value>> 
         .with_context(|| format!("{path:?} is not a list"))
 }
 
-fn cluster_mut<'a>(doc: &'a mut Value, name: &str) -> Result<&'a mut Value> {
+pub(crate) fn cluster_mut<'a>(doc: &'a mut Value, name: &str) -> Result<&'a mut Value> {
     seq_mut(doc, &["static_resources", "clusters"])?
         .iter_mut()
         .find(|c| c["name"].as_str() == Some(name))
         .with_context(|| format!("no cluster `{name}`"))
 }
 
-fn set_address(address: &mut Value, to: SocketAddr) -> Result<()> {
+pub(crate) fn set_address(address: &mut Value, to: SocketAddr) -> Result<()> {
     let socket = address
         .get_mut("socket_address")
         .and_then(Value::as_mapping_mut)

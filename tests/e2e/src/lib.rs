@@ -7,10 +7,12 @@ pub mod client;
 pub mod envoy;
 pub mod netlab;
 pub mod procs;
+pub mod transport;
 
 pub use client::{Client, Reply};
 pub use envoy::{DEFAULT_ENVOY, ENVOY_VERSIONS, Envoy, EnvoyConfig};
 pub use procs::{Proc, Stack, StackOptions, binary_dir, ensure_built, write_config};
+pub use transport::{ExtProcTransport, TestCerts};
 
 /// An OpenAI chat request body.
 pub fn chat_body(model: &str, prompt: &str, stream: bool, max_tokens: u32) -> String {

@@ -210,6 +210,11 @@ pub struct StackOptions {
     /// Which shipped Envoy bootstrap, on which Envoy version (default: the newest).
     pub envoy_config: crate::EnvoyConfig,
     pub envoy_version: Option<&'static str>,
+    /// `--max-streams-per-connection` for the agent and the same bound in
+    /// Envoy's `steer_ext_proc` cluster (default: as shipped).
+    pub max_streams_per_connection: Option<u32>,
+    /// How Envoy reaches the agent (loopback TCP unless told otherwise).
+    pub ext_proc_transport: crate::ExtProcTransport,
     pub agent_args: Vec<String>,
     /// Fixed agent (ext_proc, metrics) ports instead of ephemeral ones.
     pub agent_ports: Option<(u16, u16)>,
@@ -234,6 +239,10 @@ pub struct Stack {
     agent_args: Vec<String>,
     agent_bin: PathBuf,
     pub envoy: crate::Envoy,
+    /// The agent's Unix socket, when Envoy reaches it through one.
+    pub ext_proc_socket: Option<PathBuf>,
+    /// The certificates, when Envoy reaches the agent over mutual TLS.
+    pub certs: Option<crate::TestCerts>,
     pub config: PathBuf,
     pub dir: PathBuf,
 }
@@ -277,12 +286,23 @@ impl Stack {
             &opts.extra_config,
         )?;
         let (ext_proc_port, metrics_port) = opts.agent_ports.unwrap_or((0, 0));
+        use crate::ExtProcTransport;
+        let socket =
+            (opts.ext_proc_transport == ExtProcTransport::Unix).then(|| dir.join("ext_proc.sock"));
+        let certs = match opts.ext_proc_transport {
+            ExtProcTransport::MutualTls => Some(crate::TestCerts::make(&dir, "")?),
+            _ => None,
+        };
+        let ext_proc_addr = match &socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("127.0.0.1:{ext_proc_port}"),
+        };
         let mut agent_args: Vec<String> = vec![
             "run".into(),
             "--config".into(),
             config.display().to_string(),
             "--ext-proc-addr".into(),
-            format!("127.0.0.1:{ext_proc_port}"),
+            ext_proc_addr,
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
             "--reload-interval-ms".into(),
@@ -299,6 +319,12 @@ impl Stack {
         {
             agent_args.extend(["--shutdown-grace-seconds".to_owned(), "0".to_owned()]);
         }
+        if let Some(certs) = &certs {
+            agent_args.extend(certs.agent_args());
+        }
+        if let Some(n) = opts.max_streams_per_connection {
+            agent_args.extend(["--max-streams-per-connection".to_owned(), n.to_string()]);
+        }
         agent_args.extend(opts.agent_args.iter().cloned());
         let mut agent_cmd = Command::new(bins.join("steer-agent"));
         agent_cmd.args(&agent_args);
@@ -311,7 +337,16 @@ impl Stack {
             "steer-agent listening",
         )
         .await?;
-        let doc = crate::envoy::render(opts.envoy_config, agent.addrs[0])?;
+        let mut doc = crate::envoy::render(opts.envoy_config, agent.addrs[0])?;
+        if let Some(path) = &socket {
+            crate::transport::use_unix_socket(&mut doc, path)?;
+        }
+        if let Some(certs) = &certs {
+            crate::transport::use_mutual_tls(&mut doc, agent.addrs[0], certs)?;
+        }
+        if let Some(n) = opts.max_streams_per_connection {
+            crate::transport::set_max_streams_per_connection(&mut doc, n)?;
+        }
         let envoy = crate::Envoy::start(
             opts.envoy_version.unwrap_or(crate::DEFAULT_ENVOY),
             &doc,
@@ -325,6 +360,8 @@ impl Stack {
             agent_args,
             agent_bin: bins.join("steer-agent"),
             envoy,
+            ext_proc_socket: socket,
+            certs,
             config,
             dir,
         })
@@ -335,18 +372,27 @@ impl Stack {
         self.envoy.listener
     }
 
+    /// The agent's ext_proc TCP address (not for a Unix-socket stack).
     pub fn ext_proc(&self) -> SocketAddr {
+        assert!(
+            self.ext_proc_socket.is_none(),
+            "the agent listens on a Unix socket"
+        );
         self.agent.addrs[0]
     }
 
     pub fn metrics(&self) -> SocketAddr {
-        self.agent.addrs[1]
+        *self.agent.addrs.last().expect("agent addresses")
     }
 
     /// Starts the agent again with the same arguments and the addresses the
     /// first one bound (Envoy keeps pointing at them), e.g. after a crash.
     pub async fn restart_agent(&mut self) -> Result<()> {
-        let (ext_proc, metrics) = (self.ext_proc().to_string(), self.metrics().to_string());
+        let ext_proc = match &self.ext_proc_socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => self.ext_proc().to_string(),
+        };
+        let metrics = self.metrics().to_string();
         let mut args = self.agent_args.clone();
         for i in 1..args.len() {
             match args[i - 1].as_str() {

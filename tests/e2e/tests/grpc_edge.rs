@@ -308,3 +308,76 @@ async fn an_undecodable_frame_ends_the_stream_with_an_error_status() {
     drop(s);
     common::assert_idle(&stack).await;
 }
+
+/// Defect: streams that are decided and then left open (a client of the
+/// ext_proc port that never closes them) kept their pod "busy" for ever.
+/// Now a stream idle for `--stream-idle-timeout-seconds` is ended and its
+/// in-flight count released, while a stream Envoy keeps talking on stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_decided_streams_are_ended_and_release_their_in_flight_counts() {
+    let mut opts = common::opts(&["m", "m"], "session-affinity");
+    opts.agent_args = vec!["--stream-idle-timeout-seconds".into(), "2".into()];
+    let stack = Stack::start(opts).await.unwrap();
+    let text = chat_body("m", "hi", false, 1);
+    let mode = Some(BodySendMode::Buffered);
+    let mut phantoms = Vec::new();
+    let mut pods = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let mut s = GrpcStream::open(&stack).await;
+        s.send(headers(&[("x-session-id", "victim")], false), mode)
+            .await;
+        s.reply().await;
+        s.send(body(text.as_bytes(), true), mode).await;
+        pods.insert(target_pod(&s.reply().await).expect("routed"));
+        phantoms.push(s);
+    }
+    assert_eq!(pods.len(), 1, "one session, one pod");
+    let (mut live, _) = GrpcStream::routed(&stack, &text).await;
+    let in_flight = || async {
+        let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
+        let sum: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("steer_pod_in_flight{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (sum, metrics)
+    };
+    assert_eq!(in_flight().await.0, 101.0);
+    // The live stream's response arrives in chunks, 0.5 s apart, for 3.5 s.
+    live.send(
+        Request::ResponseHeaders(HttpHeaders {
+            headers: Some(HeaderMap::default()),
+            ..Default::default()
+        }),
+        None,
+    )
+    .await;
+    live.reply().await;
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        live.send(
+            Request::ResponseBody(HttpBody {
+                body: b"data: {}\n\n".to_vec(),
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+        live.reply().await;
+    }
+    let (sum, metrics) = in_flight().await;
+    assert_eq!(sum, 1.0, "only the live stream is in flight:\n{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "steer_errors_total", &[("reason", "idle_stream")]),
+        Some(100.0)
+    );
+    for s in &mut phantoms {
+        let end = tokio::time::timeout(Duration::from_secs(1), s.rx.message()).await;
+        assert!(
+            matches!(end, Ok(Ok(None))),
+            "an idle decided stream ends with OK (Envoy carries on): {end:?}"
+        );
+    }
+    drop(live);
+    common::assert_idle(&stack).await;
+}
