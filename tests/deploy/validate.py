@@ -616,6 +616,13 @@ def check_envoy_semantics(config, facts, full_duplex):
     ensure(all(limit > facts.get("max_body_bytes", 8 << 20) for limit in listener_limits),
            f"listener buffer limits {listener_limits} must exceed the agent's max_body_bytes "
            "(else Envoy refuses bodies the agent accepts)")
+    agent_limit = yaml.safe_load(facts["config"]).get("max_request_headers", 100)
+    envoy_limit = hcm.get("common_http_protocol_options", {}).get("max_headers_count", 100)
+    ensure(agent_limit == envoy_limit,
+           f"Envoy's max_headers_count {envoy_limit} != the agent's max_request_headers {agent_limit} "
+           "(the agent answers 431 where its routing headers would pass Envoy's limit)")
+    ensure(hcm.get("stream_error_on_invalid_http_message") is True,
+           "stream_error_on_invalid_http_message: true (else Envoy closes HTTP/1 connections after the agent's 400s)")
     ensure(hcm.get("local_reply_config", {}).get("mappers"),
            "local_reply_config must turn Envoy's own errors into OpenAI-style JSON")
     ensure(mode.get("response_body_mode") == "STREAMED", "response bodies must stream")

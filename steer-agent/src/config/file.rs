@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub max_buffered_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub max_request_headers: Option<usize>,
     /// `None` when the file has no models (absent, or `models:` with nothing
     /// under it); `Some(empty)` only for an explicit `models: {}`.
     #[serde(default)]
@@ -227,6 +229,12 @@ impl FileConfig {
                 format!("must be at least max_body_bytes ({max_body_bytes})"),
             ));
         }
+        // Envoy's default `common_http_protocol_options.max_headers_count`.
+        let max_request_headers = positive(
+            "max_request_headers",
+            self.max_request_headers.map(|v| v as u64),
+            100,
+        )? as usize;
         let p = &self.prefix_cache;
         let defaults = PrefixParams::default();
         let imbalance_rel = p.imbalance_rel.unwrap_or(defaults.imbalance_rel);
@@ -283,6 +291,7 @@ impl FileConfig {
             models,
             max_body_bytes,
             max_buffered_body_bytes,
+            max_request_headers,
             scrape,
             prefix,
         })

@@ -49,6 +49,10 @@ pub struct Settings {
     /// Request body bytes all streams may hold at once; past it new body
     /// bytes get 503 `overloaded` (memory stays bounded, never an abort).
     pub max_buffered_body_bytes: usize,
+    /// Envoy's header-count limit (`max_headers_count`, 100 unless the HCM
+    /// sets it): a request that would pass it with the routing headers added
+    /// gets 431 from the agent instead of a failed header mutation.
+    pub max_request_headers: usize,
     pub scrape: ScrapeSettings,
     pub prefix: PrefixSettings,
     pub datapath: DatapathSettings,

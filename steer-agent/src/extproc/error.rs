@@ -16,6 +16,14 @@ pub enum RequestError {
     #[error("the router holds too many request bodies right now; retry shortly")]
     Overloaded,
     #[error(
+        "request has {count} headers; with the {added} routing headers Steer adds it would exceed the gateway's limit of {limit}"
+    )]
+    TooManyHeaders {
+        count: usize,
+        added: usize,
+        limit: usize,
+    },
+    #[error(
         "request has no body and no `model` header: Steer routes OpenAI requests by the `model` in their JSON body"
     )]
     NoBody,
@@ -27,6 +35,7 @@ impl RequestError {
             Self::Parse(_) | Self::Route(RouteError::UnknownStrategy(_)) | Self::NoBody => 400,
             Self::Route(RouteError::UnknownModel(_)) => 404,
             Self::BodyTooLarge { .. } => 413,
+            Self::TooManyHeaders { .. } => 431,
             Self::Route(RouteError::NoReadyEndpoint(_)) | Self::Overloaded => 503,
         }
     }
@@ -38,6 +47,7 @@ impl RequestError {
             Self::Route(RouteError::UnknownStrategy(_)) => ErrorKind::UnknownStrategy,
             Self::Route(RouteError::UnknownModel(_)) => ErrorKind::UnknownModel,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Self::TooManyHeaders { .. } => ErrorKind::TooManyHeaders,
             Self::Route(RouteError::NoReadyEndpoint(_)) => ErrorKind::NoReadyEndpoint,
             Self::Overloaded => ErrorKind::Overloaded,
             Self::NoBody => ErrorKind::NoBody,
@@ -53,6 +63,7 @@ impl RequestError {
             ErrorKind::UnknownStrategy => "x-error-invalid-routing-strategy",
             ErrorKind::UnknownModel => "x-error-model-not-found",
             ErrorKind::BodyTooLarge => "x-error-request-too-large",
+            ErrorKind::TooManyHeaders => "x-error-too-many-headers",
             ErrorKind::Overloaded => "x-error-overloaded",
             _ => "x-error-no-model-backends",
         }
@@ -63,6 +74,7 @@ impl RequestError {
         match self.kind() {
             ErrorKind::UnknownModel => ("invalid_request_error", "model_not_found"),
             ErrorKind::BodyTooLarge => ("invalid_request_error", "request_too_large"),
+            ErrorKind::TooManyHeaders => ("invalid_request_error", "too_many_headers"),
             ErrorKind::UnknownStrategy => ("invalid_request_error", "invalid_routing_strategy"),
             ErrorKind::NoReadyEndpoint => ("service_unavailable_error", "no_ready_endpoint"),
             ErrorKind::Overloaded => ("service_unavailable_error", "overloaded"),
@@ -110,6 +122,14 @@ mod tests {
             ),
             (RouteError::UnknownModel("m".into()).into(), 404),
             (RequestError::BodyTooLarge { size: 2, limit: 1 }, 413),
+            (
+                RequestError::TooManyHeaders {
+                    count: 99,
+                    added: 3,
+                    limit: 100,
+                },
+                431,
+            ),
             (RouteError::NoReadyEndpoint("m".into()).into(), 503),
             (RequestError::Overloaded, 503),
             (RequestError::NoBody, 400),

@@ -29,12 +29,32 @@ pub struct RequestMeta {
     /// AIBrix's `model` header: used only for requests without a body.
     pub model: Option<String>,
     pub content_length: Option<usize>,
+    /// Headers Envoy sent (pseudo-headers included, as Envoy counts them).
+    pub header_count: usize,
+    /// How many of [`ROUTING_HEADERS`] the request already carries (the
+    /// agent overwrites those instead of adding them).
+    pub routing_headers_present: usize,
 }
+
+/// The request headers the routing reply sets besides `x-request-id` (which
+/// Envoy always adds before the ext_proc filter).
+pub const ROUTING_HEADERS: [&str; 3] = [
+    "target-pod",
+    "x-gateway-destination-endpoint",
+    "x-gateway-model-name",
+];
 
 impl RequestMeta {
     pub fn from_headers(map: Option<&HeaderMap>) -> Self {
         let mut meta = Self::default();
         for h in map.into_iter().flat_map(|m| &m.headers) {
+            meta.header_count += 1;
+            if ROUTING_HEADERS
+                .iter()
+                .any(|r| h.key.eq_ignore_ascii_case(r))
+            {
+                meta.routing_headers_present += 1;
+            }
             let value = || value_of(h).trim().to_owned();
             let non_empty = || Some(value()).filter(|v| !v.is_empty());
             // Envoy lower-cases header keys; compare ignoring case anyway.

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 
-use super::headers::{RequestMeta, content_type, set_headers, subset_hint};
+use super::headers::{ROUTING_HEADERS, RequestMeta, content_type, set_headers, subset_hint};
 use super::reply::{self, Phase};
 use super::{RequestError, Shared};
 use crate::openai::{ParsedRequest, UsageScanner};
@@ -170,6 +170,26 @@ impl StreamState {
     }
 
     fn on_request_headers(&mut self, end_of_stream: bool, out: &mut Vec<ProcessingResponse>) {
+        let limit = self
+            .shared
+            .router
+            .pools()
+            .load()
+            .settings
+            .max_request_headers;
+        let added =
+            ROUTING_HEADERS.len() - self.meta.routing_headers_present.min(ROUTING_HEADERS.len());
+        if self.meta.header_count + added > limit {
+            let count = self.meta.header_count;
+            return self.fail(
+                RequestError::TooManyHeaders {
+                    count,
+                    added,
+                    limit,
+                },
+                out,
+            );
+        }
         if end_of_stream {
             return self.on_bodiless(out);
         }

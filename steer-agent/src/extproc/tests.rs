@@ -419,3 +419,24 @@ fn an_idle_stream_gives_back_its_in_flight_count_and_its_body_bytes() {
     assert!(!waiting.release_idle(), "not decided");
     assert_eq!(shared.body_budget.held(), 0);
 }
+
+#[test]
+fn headers_that_would_pass_envoys_limit_with_the_routing_headers_get_431() {
+    let names: Vec<String> = (0..95).map(|i| format!("x-c-{i}")).collect();
+    let mut pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    // 2 pseudo-headers + 95 = 97; 3 routing headers make 100: allowed.
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &pairs), Some(BodySendMode::Buffered));
+    assert_eq!(status(&r[0]), None, "at the limit: proceeds");
+    pairs.push(("x-one-more", "v"));
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &pairs), Some(BodySendMode::Buffered));
+    assert_eq!(status(&r[0]), Some(431));
+    // A routing header the client already sent is overwritten, not added.
+    pairs.push(("target-pod", "1.2.3.4:5"));
+    pairs.retain(|(k, _)| *k != "x-one-more");
+    // 98 headers + 2 added = 100: allowed only because target-pod is not new.
+    let mut s = StreamState::new(shared());
+    let r = send(&mut s, headers(false, &pairs), Some(BodySendMode::Buffered));
+    assert_eq!(status(&r[0]), None, "{pairs:?}");
+}

@@ -30,10 +30,13 @@ pub enum ErrorKind {
     /// A stream sent nothing for `--stream-idle-timeout-seconds` and was ended
     /// by the agent (its pod's in-flight count released).
     IdleStream,
+    /// With the routing headers added, a request would pass Envoy's header
+    /// count limit.
+    TooManyHeaders,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         Self::InvalidJson,
         Self::MissingModel,
         Self::UnknownStrategy,
@@ -48,6 +51,7 @@ impl ErrorKind {
         Self::ReloadNotApplied,
         Self::Overloaded,
         Self::IdleStream,
+        Self::TooManyHeaders,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -66,6 +70,7 @@ impl ErrorKind {
             Self::ReloadNotApplied => "reload_not_applied",
             Self::Overloaded => "overloaded",
             Self::IdleStream => "idle_stream",
+            Self::TooManyHeaders => "too_many_headers",
         }
     }
 }
