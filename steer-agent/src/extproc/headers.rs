@@ -79,6 +79,14 @@ impl RequestMeta {
     }
 }
 
+/// The `:status` of a response header map.
+pub fn status_of(map: Option<&HeaderMap>) -> Option<u16> {
+    map?.headers
+        .iter()
+        .find(|h| h.key == ":status")
+        .and_then(|h| value_of(h).parse().ok())
+}
+
 /// The Inference Extension's subset hint: the endpoints of the InferencePool
 /// the gateway picked (filter metadata `envoy.lb.subset_hint`, key
 /// `x-gateway-destination-endpoint-subset`, a list or a comma-separated

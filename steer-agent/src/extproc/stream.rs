@@ -23,7 +23,9 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 
-use super::headers::{ROUTING_HEADERS, RequestMeta, content_type, set_headers, subset_hint};
+use super::headers::{
+    ROUTING_HEADERS, RequestMeta, content_type, set_headers, status_of, subset_hint,
+};
 use super::reply::{self, Phase};
 use super::{RequestError, Shared};
 use crate::openai::{ParsedRequest, UsageScanner};
@@ -110,6 +112,13 @@ impl StreamState {
                 }
             }
             Some(Request::ResponseHeaders(h)) => {
+                if let (Some(d), Some(502..=504)) = (&self.decision, status_of(h.headers.as_ref()))
+                {
+                    self.shared.metrics.error(ErrorKind::UpstreamFailed);
+                    if d.member.endpoint.report_upstream_failure() {
+                        tracing::warn!(pod = %d.member.endpoint.addr, "pod out of rotation after a failed response, until a scrape succeeds");
+                    }
+                }
                 self.usage = Some(UsageScanner::new(
                     content_type(h.headers.as_ref()).as_deref(),
                 ));

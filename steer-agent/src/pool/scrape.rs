@@ -147,13 +147,12 @@ impl Scraper {
                 let h = std::hash::RandomState::new().hash_one((endpoint.addr, failures));
                 (h % 1000) as f64 / 1000.0
             };
-            tokio::time::sleep(retry_after(
-                scrape.interval,
-                failures,
-                scrape.unhealthy_after,
-                jitter,
-            ))
-            .await;
+            let pause = retry_after(scrape.interval, failures, scrape.unhealthy_after, jitter);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // A failed response: confirm (or clear) at once.
+                () = endpoint.rescrape.notified() => {}
+            }
         }
     }
 

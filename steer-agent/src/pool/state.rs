@@ -19,6 +19,11 @@ pub struct EndpointState {
     running: AtomicU32,
     kv_usage_bits: AtomicU32,
     ready: AtomicBool,
+    /// A response through Envoy failed (502/503/504) since the last good
+    /// scrape: out of rotation until a scrape succeeds.
+    suspect: AtomicBool,
+    /// Wakes the pod's scraper early (after a failed response).
+    pub(crate) rescrape: tokio::sync::Notify,
     scrape_failures: AtomicU32,
     /// Kernel (sock_ops) smoothed RTT in µs; 0 until sampled.
     kernel_srtt_us: AtomicU32,
@@ -39,6 +44,8 @@ impl EndpointState {
             // Optimistic until the scraper proves otherwise, so the first
             // requests after start-up are served.
             ready: AtomicBool::new(true),
+            suspect: AtomicBool::new(false),
+            rescrape: tokio::sync::Notify::new(),
             scrape_failures: AtomicU32::new(0),
             kernel_srtt_us: AtomicU32::new(0),
         }
@@ -64,8 +71,21 @@ impl EndpointState {
         self.kernel_srtt_us.store(us, Ordering::Relaxed);
     }
 
+    /// In rotation: scrapes succeed and no response failed since the last one.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && !self.suspect.load(Ordering::Relaxed)
+    }
+
+    /// A request to this pod failed upstream (Envoy could not connect, or the
+    /// engine answered 502/503/504): the pod leaves rotation at once and is
+    /// scraped now; a successful scrape brings it back. Returns true when this
+    /// report took it out.
+    pub fn report_upstream_failure(&self) -> bool {
+        let first = !self.suspect.swap(true, Ordering::Relaxed);
+        if first {
+            self.rescrape.notify_one();
+        }
+        first
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -101,6 +121,7 @@ impl EndpointState {
         }
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
+        self.suspect.store(false, Ordering::Relaxed);
     }
 
     /// Returns true when this failure took the pod out of rotation.
@@ -160,5 +181,25 @@ mod tests {
         assert!(ep.is_ready());
         assert_eq!(ep.view().waiting, 3);
         assert_eq!(ep.view().kv_usage, 0.5);
+    }
+
+    #[test]
+    fn a_failed_response_takes_the_pod_out_until_a_scrape_succeeds() {
+        let ep = EndpointState::new(1, "127.0.0.1:1".parse().unwrap());
+        assert!(ep.report_upstream_failure());
+        assert!(!ep.report_upstream_failure(), "reported once");
+        assert!(!ep.is_ready());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // The scraper is woken at once (the permit is stored).
+            tokio::time::timeout(std::time::Duration::from_secs(1), ep.rescrape.notified())
+                .await
+                .expect("rescrape notified");
+        });
+        ep.scrape_succeeded(&EngineMetrics::default());
+        assert!(ep.is_ready());
     }
 }

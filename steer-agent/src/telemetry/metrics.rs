@@ -33,10 +33,13 @@ pub enum ErrorKind {
     /// With the routing headers added, a request would pass Envoy's header
     /// count limit.
     TooManyHeaders,
+    /// A routed request's response failed upstream (502/503/504): its pod
+    /// left rotation until the next good scrape.
+    UpstreamFailed,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         Self::InvalidJson,
         Self::MissingModel,
         Self::UnknownStrategy,
@@ -52,6 +55,7 @@ impl ErrorKind {
         Self::Overloaded,
         Self::IdleStream,
         Self::TooManyHeaders,
+        Self::UpstreamFailed,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -71,6 +75,7 @@ impl ErrorKind {
             Self::Overloaded => "overloaded",
             Self::IdleStream => "idle_stream",
             Self::TooManyHeaders => "too_many_headers",
+            Self::UpstreamFailed => "upstream_failed",
         }
     }
 }

@@ -42,7 +42,7 @@ impl Families<Arc<Pools>> for PoolFamilies {
             ),
             ready: gauge(
                 "steer_pod_ready",
-                "1 if the pod is in rotation (metric scrapes succeed).",
+                "1 if the pod is in rotation: metric scrapes succeed and no response failed since the last one.",
                 pod,
             ),
             engine_waiting: gauge(

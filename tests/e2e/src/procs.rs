@@ -180,9 +180,13 @@ pub fn write_config_with(
     vips: &[(String, String)],
     extra_yaml: &str,
 ) -> Result<()> {
-    let mut yaml = format!(
-        "default_strategy: {default_strategy}\nscrape:\n  interval_ms: 50\n  timeout_ms: 300\n  unhealthy_after: 2\nmodels:\n"
-    );
+    // Fast scrapes unless the extra YAML brings its own `scrape:` section.
+    let scrape = if extra_yaml.lines().any(|l| l.starts_with("scrape:")) {
+        ""
+    } else {
+        "scrape:\n  interval_ms: 50\n  timeout_ms: 300\n  unhealthy_after: 2\n"
+    };
+    let mut yaml = format!("default_strategy: {default_strategy}\n{scrape}models:\n");
     for (model, addrs) in models {
         let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
         yaml.push_str(&format!(

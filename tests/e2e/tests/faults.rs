@@ -225,3 +225,46 @@ async fn a_deleted_or_garbage_config_keeps_the_last_good_one() {
     );
     common::assert_idle(&stack).await;
 }
+
+/// Defect: for the few hundred milliseconds until scrapes noticed a dead
+/// engine, least-request sent every new request to it (its in-flight count
+/// stays 0 because each request fails at once). A failed upstream response
+/// now takes the pod out at once, until a scrape succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_just_killed_engine_stops_attracting_least_request_traffic() {
+    let mut opts = common::opts(&["m", "m", "m", "m"], "least-request");
+    // Scrapes far apart: the window in which only the response path can tell.
+    opts.extra_config =
+        "scrape:\n  interval_ms: 2000\n  timeout_ms: 300\n  unhealthy_after: 2\n".into();
+    let mut stack = Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    for _ in 0..8 {
+        assert_eq!(
+            client.chat(stack.gateway(), "m", &[]).await.unwrap().status,
+            200
+        );
+    }
+    let dead = stack.engines.remove(0);
+    let dead_addr = dead.addr().to_string();
+    dead.kill().await;
+    let mut failed = Vec::new();
+    for _ in 0..14 {
+        let reply = client.chat(stack.gateway(), "m", &[]).await.unwrap();
+        if reply.status != 200 {
+            failed.push((reply.status, reply.text()));
+        } else {
+            assert_ne!(reply.header("target-pod"), Some(dead_addr.as_str()));
+        }
+    }
+    assert!(
+        failed.len() <= 1,
+        "only the request that found the engine dead may fail: {failed:?}"
+    );
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
+    assert_eq!(
+        metric_value(&metrics, "steer_pod_ready", &[("pod", &dead_addr)]),
+        Some(0.0),
+        "{metrics}"
+    );
+    common::assert_idle(&stack).await;
+}
