@@ -48,10 +48,19 @@ async fn envoy_reaches_the_agent_over_a_unix_socket() {
     assert!(!socket.exists(), "the socket file is removed on shutdown");
 }
 
-fn tls_endpoint(stack: &Stack, ca: &std::path::Path) -> Endpoint {
-    let tls = ClientTlsConfig::new()
+/// A TLS client of the agent trusting `ca`, with a client certificate if given.
+fn tls_endpoint(
+    stack: &Stack,
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Endpoint {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
         .domain_name(AGENT_SAN);
+    if let Some((cert, key)) = identity {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+        tls = tls.identity(Identity::from_pem(read(cert), read(key)));
+    }
     Endpoint::from_shared(format!("https://{}", stack.ext_proc()))
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
@@ -99,7 +108,7 @@ async fn mutual_tls_admits_envoy_with_its_certificate_and_nobody_else() {
     assert!(plain.is_err(), "plain-text client admitted");
 
     // TLS without a client certificate: refused.
-    let anonymous = match tls_endpoint(&stack, &certs.ca).connect().await {
+    let anonymous = match tls_endpoint(&stack, &certs.ca, None).connect().await {
         Ok(channel) => try_stream(channel).await,
         Err(e) => Err(e.to_string()),
     };
@@ -107,18 +116,11 @@ async fn mutual_tls_admits_envoy_with_its_certificate_and_nobody_else() {
 
     // A client certificate from another CA: refused.
     let other = TestCerts::make(&stack.dir, "other-").unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&certs.ca).unwrap()))
-        .domain_name(AGENT_SAN)
-        .identity(Identity::from_pem(
-            std::fs::read(&other.client_cert).unwrap(),
-            std::fs::read(&other.client_key).unwrap(),
-        ));
-    let foreign = Endpoint::from_shared(format!("https://{}", stack.ext_proc()))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .tls_config(tls)
-        .unwrap();
+    let foreign = tls_endpoint(
+        &stack,
+        &certs.ca,
+        Some((&other.client_cert, &other.client_key)),
+    );
     let foreign = match foreign.connect().await {
         Ok(channel) => try_stream(channel).await,
         Err(e) => Err(e.to_string()),
@@ -129,20 +131,14 @@ async fn mutual_tls_admits_envoy_with_its_certificate_and_nobody_else() {
     );
 
     // The trusted client certificate: admitted (the agent answers).
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&certs.ca).unwrap()))
-        .domain_name(AGENT_SAN)
-        .identity(Identity::from_pem(
-            std::fs::read(&certs.client_cert).unwrap(),
-            std::fs::read(&certs.client_key).unwrap(),
-        ));
-    let trusted = Endpoint::from_shared(format!("https://{}", stack.ext_proc()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let trusted = tls_endpoint(
+        &stack,
+        &certs.ca,
+        Some((&certs.client_cert, &certs.client_key)),
+    )
+    .connect()
+    .await
+    .unwrap();
     try_stream(trusted).await.expect("trusted client admitted");
     routed_through_envoy(&stack).await;
     common::assert_idle(&stack).await;

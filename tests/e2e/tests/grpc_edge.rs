@@ -111,6 +111,17 @@ fn body(data: &[u8], end_of_stream: bool) -> Request {
     })
 }
 
+/// All pods' `steer_pod_in_flight` summed, and the metrics text.
+async fn in_flight(stack: &Stack) -> (f64, String) {
+    let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
+    let sum = metrics
+        .lines()
+        .filter(|l| l.starts_with("steer_pod_in_flight{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (sum, metrics)
+}
+
 /// The `target-pod` a reply sets, if any.
 fn target_pod(reply: &Response) -> Option<String> {
     let common = match reply {
@@ -237,13 +248,11 @@ async fn abandoned_decided_streams_release_their_in_flight_counts() {
     for _ in 0..200 {
         open.push(GrpcStream::routed(&stack, &text).await.0);
     }
-    let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
-    let in_flight: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("steer_pod_in_flight{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(in_flight, 200.0, "decided streams count as in flight");
+    assert_eq!(
+        in_flight(&stack).await.0,
+        200.0,
+        "decided streams count as in flight"
+    );
     // Envoy went away without a response phase: every stream is dropped.
     drop(open);
     common::assert_idle(&stack).await;
@@ -333,16 +342,7 @@ async fn idle_decided_streams_are_ended_and_release_their_in_flight_counts() {
     }
     assert_eq!(pods.len(), 1, "one session, one pod");
     let (mut live, _) = GrpcStream::routed(&stack, &text).await;
-    let in_flight = || async {
-        let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
-        let sum: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("steer_pod_in_flight{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        (sum, metrics)
-    };
-    assert_eq!(in_flight().await.0, 101.0);
+    assert_eq!(in_flight(&stack).await.0, 101.0);
     // The live stream's response arrives in chunks, 0.5 s apart, for 3.5 s.
     live.send(
         Request::ResponseHeaders(HttpHeaders {
@@ -365,7 +365,7 @@ async fn idle_decided_streams_are_ended_and_release_their_in_flight_counts() {
         .await;
         live.reply().await;
     }
-    let (sum, metrics) = in_flight().await;
+    let (sum, metrics) = in_flight(&stack).await;
     assert_eq!(sum, 1.0, "only the live stream is in flight:\n{metrics}");
     assert_eq!(
         metric_value(&metrics, "steer_errors_total", &[("reason", "idle_stream")]),
