@@ -9,6 +9,7 @@ mod setup_deploy;
 mod setup_ebpf;
 mod setup_envoy;
 mod setup_python;
+mod soak;
 mod stats;
 mod test;
 mod workload;
@@ -43,6 +44,10 @@ enum Command {
     /// Run every libFuzzer target (cargo fuzz) for N seconds each, seeded from
     /// fuzz/corpus; fails on a crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Mixed load through real Envoy for N minutes (errors, RSS, fds, decision
+    /// p99 at start and end), then the agent's RSS with 1,000 pods and 1M
+    /// prefix blocks; writes target/soak/soak.json and soak.md.
+    Soak(soak::SoakArgs),
     /// Bench helper: N connect()+close to ADDR, per-connect ns as JSON.
     #[command(name = "__connect-loop", hide = true)]
     ConnectLoop {
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { keep_running } => demo::run(keep_running),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Soak(args) => soak::run(args),
         Command::ConnectLoop { addr, count } => bench::probes::connect_loop(addr, count),
         Command::RttProbe { addr, count } => bench::probes::rtt_probe(addr, count),
         Command::Listener { addr } => bench::probes::listener(addr),

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod envoy;
+pub mod extproc_client;
 pub mod netlab;
 pub mod procs;
 pub mod transport;
