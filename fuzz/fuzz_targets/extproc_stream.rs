@@ -71,6 +71,7 @@ fn shared() -> &'static (Arc<Shared>, Arc<Pools>) {
             router: Arc::new(Router::new(pools.clone())),
             metrics: Metrics::new(pools.clone()),
             body_budget: Default::default(),
+            stream_idle: std::time::Duration::from_secs(600),
         });
         (shared, pools)
     })
