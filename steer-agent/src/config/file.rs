@@ -244,6 +244,20 @@ impl FileConfig {
                 "must be a number >= 1.0".into(),
             ));
         }
+        let index_capacity_blocks = positive(
+            "prefix_cache.index_capacity_blocks",
+            p.index_capacity_blocks.map(|v| v as u64),
+            1 << 20,
+        )? as usize;
+        if index_capacity_blocks > super::MAX_INDEX_CAPACITY_BLOCKS {
+            return Err(invalid(
+                "prefix_cache.index_capacity_blocks".into(),
+                format!(
+                    "{index_capacity_blocks} is above {} (16 bytes a block)",
+                    super::MAX_INDEX_CAPACITY_BLOCKS
+                ),
+            ));
+        }
         let prefix = PrefixSettings {
             block_bytes: positive(
                 "prefix_cache.block_bytes",
@@ -255,11 +269,7 @@ impl FileConfig {
                 p.max_blocks_per_request.map(|v| v as u64),
                 4096,
             )? as usize,
-            index_capacity_blocks: positive(
-                "prefix_cache.index_capacity_blocks",
-                p.index_capacity_blocks.map(|v| v as u64),
-                1 << 20,
-            )? as usize,
+            index_capacity_blocks,
             params: PrefixParams {
                 imbalance_abs: p.imbalance_abs.unwrap_or(defaults.imbalance_abs),
                 imbalance_rel,
@@ -355,6 +365,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("largest supported body"), "{err}");
+        let err = settings(
+            "c.yaml",
+            "prefix_cache:\n  index_capacity_blocks: 1000000000\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("index_capacity_blocks"), "{err}");
         assert!(matches!(
             FileConfig::parse(Path::new("c.ini"), ""),
             Err(ConfigError::Format { .. })

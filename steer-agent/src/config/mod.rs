@@ -17,6 +17,9 @@ pub use file::FileConfig;
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 << 20;
 /// The transport ceiling: the largest body plus gRPC framing and metadata.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BODY_BYTES_LIMIT + (64 << 10);
+/// The largest `prefix_cache.index_capacity_blocks`: 16 bytes a block, so
+/// the index stays within 2 GiB.
+pub const MAX_INDEX_CAPACITY_BLOCKS: usize = 1 << 27;
 pub use reload::watch_file;
 
 use crate::routing::{PrefixParams, Strategy};

@@ -8,6 +8,7 @@
 mod balance;
 mod prefix;
 mod prefix_index;
+mod prefix_table;
 
 use std::fmt;
 use std::net::SocketAddr;

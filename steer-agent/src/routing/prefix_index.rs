@@ -1,51 +1,35 @@
 //! Which pods recently served which prompt-prefix blocks.
 //!
-//! Sharded by hash so concurrent streams rarely meet on a lock, and bounded:
-//! each shard forgets its least recently recorded blocks beyond capacity.
-//! Lookups probe O(log n) blocks (galloping, then binary search) instead of
-//! every block, relying on the chain property: a pod holding block i holds
-//! the blocks before it.
+//! Sharded by hash so concurrent streams rarely meet on a lock, and fixed in
+//! size: 16 bytes a block, allocated once ([`Table`]); a full shard replaces
+//! its least recently recorded blocks. Each block remembers the two pods that
+//! recorded it last. Lookups probe O(log n) blocks (galloping, then binary
+//! search) instead of every block, relying on the chain property: a pod
+//! holding block i holds the blocks before it.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
 use super::PodView;
+use super::prefix_table::Table;
 
 const SHARDS: usize = 64;
-/// Pods remembered per block; more than this many replicas of one prefix is
-/// already balanced enough.
-const HOLDERS: usize = 4;
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Holder {
-    pod: u32,
-    tick: u32,
-}
-
-#[derive(Debug, Default)]
-struct Shard {
-    blocks: HashMap<u64, [Holder; HOLDERS]>,
-    /// Insertion order for eviction; stale entries (re-recorded later) are
-    /// skipped when popped.
-    order: VecDeque<(u64, u32)>,
-}
 
 #[derive(Debug)]
 pub struct PrefixIndex {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
+    shards: Box<[Mutex<Table>]>,
     tick: AtomicU32,
 }
 
 impl PrefixIndex {
     pub fn new(capacity_blocks: usize) -> Self {
+        let per_shard = capacity_blocks.div_ceil(SHARDS);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: (capacity_blocks / SHARDS).max(16),
-            // Tick 0 means "empty holder slot".
-            tick: AtomicU32::new(1),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Table::new(per_shard)))
+                .collect(),
+            tick: AtomicU32::new(0),
         }
     }
 
@@ -56,10 +40,10 @@ impl PrefixIndex {
             return;
         }
         let mut probe = |i: usize| -> bool {
-            let holders = self.holders(hashes[i]);
+            let holders = self.shards[shard_of(hashes[i])].lock().holders(hashes[i]);
             let mut any = false;
-            for h in holders.iter().filter(|h| h.tick != 0) {
-                if let Some(pos) = pods.iter().position(|p| p.id == h.pod) {
+            for &holder in holders.iter().filter(|&&h| h != 0) {
+                if let Some(pos) = pods.iter().position(|p| p.id == holder) {
                     depths[pos] = depths[pos].max(i as u32 + 1);
                     any = true;
                 }
@@ -93,7 +77,7 @@ impl PrefixIndex {
     /// Records that `pod` now holds every block of `hashes`, taking each
     /// shard's lock once (blocks grouped by shard first).
     pub fn record(&self, hashes: &[u64], pod: u32) {
-        let tick = self.tick.fetch_add(1, Ordering::Relaxed).max(1);
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         // Counting sort by shard: `starts[s]..starts[s + 1]` of `grouped`.
         let mut starts = [0usize; SHARDS + 1];
         for &hash in hashes {
@@ -115,78 +99,28 @@ impl PrefixIndex {
                 continue;
             }
             let mut shard = self.shards[s].lock();
-            let shard = &mut *shard;
             for &hash in blocks {
-                let holders = shard.blocks.entry(hash).or_default();
-                let slot = holders
-                    .iter()
-                    .position(|h| h.tick != 0 && h.pod == pod)
-                    .or_else(|| holders.iter().position(|h| h.tick == 0))
-                    .unwrap_or_else(|| {
-                        let (oldest, _) = holders
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, h)| h.tick)
-                            .unwrap_or((0, &holders[0]));
-                        oldest
-                    });
-                holders[slot] = Holder { pod, tick };
-                shard.order.push_back((hash, tick));
+                shard.record(hash, pod, tick);
             }
-            evict(shard, self.per_shard);
         }
     }
 
     /// Forgets a pod (it left every pool): its blocks must not attract traffic.
     pub fn forget_pod(&self, pod: u32) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.blocks.retain(|_, holders| {
-                for h in holders.iter_mut().filter(|h| h.pod == pod) {
-                    h.tick = 0;
-                }
-                holders.iter().any(|h| h.tick != 0)
-            });
+            shard.lock().forget_pod(pod);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().blocks.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn holders(&self, hash: u64) -> [Holder; HOLDERS] {
-        self.shards[shard_of(hash)]
-            .lock()
-            .blocks
-            .get(&hash)
-            .copied()
-            .unwrap_or_default()
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 
 fn shard_of(hash: u64) -> usize {
-    // The low bits pick the HashMap bucket; use high bits for the shard.
+    // The table uses the low 58 bits; the top 6 pick the shard.
     (hash >> 58) as usize % SHARDS
-}
-
-fn evict(shard: &mut Shard, capacity: usize) {
-    while shard.blocks.len() > capacity || shard.order.len() > capacity * 4 {
-        let Some((hash, tick)) = shard.order.pop_front() else {
-            break;
-        };
-        let Some(holders) = shard.blocks.get(&hash) else {
-            continue;
-        };
-        let newest = holders.iter().map(|h| h.tick).max().unwrap_or(0);
-        // Only the newest record of a block can evict it; older ones are stale.
-        if newest == tick && shard.blocks.len() > capacity {
-            shard.blocks.remove(&hash);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,8 +20,9 @@ pub const PODS: usize = 1000;
 pub const TARGET_BLOCKS: usize = 1_000_000;
 const BLOCK_BYTES: usize = 256;
 const MAX_BLOCKS: usize = 4096;
-/// The shipped default (1 << 20): 16,384 per shard of 64, where 1M blocks
-/// put 15,625 ± 125, so nothing is evicted.
+/// The shipped default (1 << 20): 16,384 slots per shard of 64, where 1M
+/// blocks put 15,625 ± 125 (95 % full; at that fill the index loses almost
+/// nothing, `prefix_table::tests::filling_to_95_percent_loses_almost_nothing`).
 const CAPACITY: usize = 1 << 20;
 pub const SCRAPE_MS: u64 = 1000;
 const CONCURRENCY: usize = 4;
