@@ -31,25 +31,60 @@ impl EngineMetrics {
     /// Sums a gauge over all its label sets (one engine may serve several
     /// models or LoRA adapters).
     pub fn parse(text: &str) -> Self {
-        let mut out = Self::default();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((name, value)) = sample(line) else {
-                continue;
-            };
-            if WAITING.contains(&name) {
-                add(&mut out.waiting, value.max(0.0) as u32);
-            } else if RUNNING.contains(&name) {
-                add(&mut out.running, value.max(0.0) as u32);
-            } else if KV_USAGE.contains(&name) {
-                let v = value.clamp(0.0, 1.0) as f32;
-                out.kv_usage = Some(out.kv_usage.map_or(v, |old| old.max(v)));
-            }
+        let mut parser = MetricsParser::default();
+        parser.feed(text.as_bytes());
+        parser.finish()
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return;
         }
-        out
+        let Some((name, value)) = sample(line) else {
+            return;
+        };
+        if WAITING.contains(&name) {
+            add(&mut self.waiting, value.max(0.0) as u32);
+        } else if RUNNING.contains(&name) {
+            add(&mut self.running, value.max(0.0) as u32);
+        } else if KV_USAGE.contains(&name) {
+            let v = value.clamp(0.0, 1.0) as f32;
+            self.kv_usage = Some(self.kv_usage.map_or(v, |old| old.max(v)));
+        }
+    }
+}
+
+/// [`EngineMetrics::parse`] over a body that arrives in chunks: only a
+/// partial line is kept between chunks, never the whole answer.
+#[derive(Debug, Default)]
+pub struct MetricsParser {
+    out: EngineMetrics,
+    partial: Vec<u8>,
+}
+
+impl MetricsParser {
+    pub fn feed(&mut self, mut chunk: &[u8]) {
+        if !self.partial.is_empty() {
+            let Some(end) = chunk.iter().position(|&b| b == b'\n') else {
+                self.partial.extend_from_slice(chunk);
+                return;
+            };
+            self.partial.extend_from_slice(&chunk[..end]);
+            self.out.line(&std::mem::take(&mut self.partial));
+            chunk = &chunk[end + 1..];
+        }
+        let mut lines = chunk.split(|&b| b == b'\n');
+        let tail = lines.next_back().unwrap_or_default();
+        lines.for_each(|line| self.out.line(line));
+        self.partial.extend_from_slice(tail);
+    }
+
+    pub fn finish(mut self) -> EngineMetrics {
+        let last = std::mem::take(&mut self.partial);
+        self.out.line(&last);
+        self.out
     }
 }
 
@@ -108,6 +143,23 @@ mod tests {
                 kv_usage: Some(0.75)
             }
         );
+    }
+
+    #[test]
+    fn chunks_split_anywhere_parse_like_the_whole_text() {
+        let text = "# TYPE vllm:num_requests_waiting gauge\n\
+            vllm:num_requests_waiting{model_name=\"a\"} 1\r\n\
+            vllm:num_requests_waiting{model_name=\"b\"} 2\n\
+            vllm:kv_cache_usage_perc{model_name=\"a\"} 0.5\n\
+            vllm:num_requests_running 7";
+        let whole = EngineMetrics::parse(text);
+        assert_eq!(whole.waiting, Some(3));
+        assert_eq!(whole.running, Some(7));
+        for size in 1..text.len() {
+            let mut parser = MetricsParser::default();
+            text.as_bytes().chunks(size).for_each(|c| parser.feed(c));
+            assert_eq!(parser.finish(), whole, "chunks of {size}");
+        }
     }
 
     #[test]
