@@ -56,6 +56,11 @@ enum Op {
 struct Input {
     /// None: an Envoy without `protocol_config`.
     mode: Option<u8>,
+    /// `send_body_without_waiting_for_header_response` (one-wait mode).
+    without_waiting: bool,
+    /// An observability-mode stream (the usage observer), with or without
+    /// the routing reply's `steer` metadata.
+    observer: Option<bool>,
     ops: Vec<Op>,
 }
 
@@ -94,6 +99,28 @@ fn headers(pairs: &[(&str, String)], end_of_stream: bool) -> HttpHeaders {
     }
 }
 
+/// The `steer` metadata a routing reply for 10.0.0.1:8000 carries.
+fn steer_metadata() -> envoy_types::pb::envoy::config::core::v3::Metadata {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    envoy_types::pb::envoy::config::core::v3::Metadata {
+        filter_metadata: [(
+            "steer".to_owned(),
+            Struct {
+                fields: [
+                    ("pod".to_owned(), string("10.0.0.1:8000")),
+                    ("model".to_owned(), string("m")),
+                ]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
 fn body(data: &[u8], end_of_stream: bool) -> HttpBody {
     HttpBody {
         body: data.to_vec(),
@@ -114,8 +141,9 @@ fuzz_target!(|input: Input| {
     let config = input.mode.map(|m| ProtocolConfiguration {
         request_body_mode: modes[usize::from(m) % modes.len()] as i32,
         response_body_mode: BodySendMode::Streamed as i32,
-        ..Default::default()
+        send_body_without_waiting_for_header_response: input.without_waiting,
     });
+    let metadata = input.observer.filter(|&m| m).map(|_| steer_metadata());
     let mut state = StreamState::new(shared.clone());
     let mut out = Vec::new();
     for op in input.ops.into_iter().take(64) {
@@ -178,10 +206,16 @@ fuzz_target!(|input: Input| {
         let message = ProcessingRequest {
             request,
             protocol_config: config,
+            metadata_context: metadata.clone(),
+            observability_mode: input.observer.is_some(),
             ..Default::default()
         };
         out.clear();
         state.on_message(message, &mut out);
+        assert!(
+            input.observer.is_none() || out.is_empty(),
+            "an observer is never answered"
+        );
         state.after_reply();
     }
     drop(state);

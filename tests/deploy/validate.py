@@ -583,10 +583,47 @@ def envoy_parts(config):
     hcm = hcms[0]
     filters = hcm["http_filters"]
     ext_procs = [f["typed_config"] for f in filters if f.get("typed_config", {}).get("@type") == EXT_PROC_TYPE]
-    ensure(len(ext_procs) == 1, "expected one ext_proc filter")
+    routing = [e for e in ext_procs if not e.get("observability_mode")]
+    ensure(len(routing) == 1, "expected one routing ext_proc filter (not in observability mode)")
     ensure(filters[-1]["name"] == "envoy.filters.http.router", "the router must be the last HTTP filter")
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    return hcm, ext_procs[0], clusters
+    return hcm, routing[0], clusters
+
+
+def envoy_observers(config):
+    """The ext_proc filters in observability mode (usage accounting)."""
+    hcm = envoy_parts(config)[0]
+    return [f["typed_config"] for f in hcm["http_filters"]
+            if f.get("typed_config", {}).get("@type") == EXT_PROC_TYPE and f["typed_config"].get("observability_mode")]
+
+
+def check_one_wait(hcm, ext_proc, observers):
+    """envoy.yaml: one wait per request, none on the response, usage through an observer."""
+    mode = ext_proc["processing_mode"]
+    ensure(mode.get("request_body_mode") == "STREAMED" and ext_proc.get("send_body_without_waiting_for_header_response") is True,
+           "request_body_mode STREAMED with send_body_without_waiting_for_header_response (one wait per request)")
+    ensure(mode.get("response_header_mode") == "SKIP" and mode.get("response_body_mode", "NONE") == "NONE",
+           "the routing filter must skip response headers and body (Envoy would wait on them)")
+    ensure(mode.get("response_trailer_mode") == "SEND",
+           "response_trailer_mode SEND keeps the routing stream open until the response ends (exact in-flight)")
+    ensure("steer" in ext_proc.get("metadata_options", {}).get("receiving_namespaces", {}).get("untyped", []),
+           "the routing filter must receive the agent's `steer` metadata (response headers, usage observer)")
+    echoed = {h["header"]["key"]: h["header"]["value"]
+              for vh in hcm["route_config"]["virtual_hosts"] for h in vh.get("response_headers_to_add", [])}
+    ensure(echoed.get(TARGET_POD_HEADER) == "%DYNAMIC_METADATA(steer:pod)%",
+           f"responses must echo {TARGET_POD_HEADER} from the agent's steer metadata")
+    ensure(len(observers) <= 1, "at most one usage observer")
+    for obs in observers:
+        om = obs["processing_mode"]
+        ensure(obs["grpc_service"] == ext_proc["grpc_service"], "the usage observer must call the agent")
+        ensure(om.get("request_header_mode") == "SKIP" and om.get("request_body_mode", "NONE") == "NONE",
+               "the usage observer needs no request phase")
+        ensure(om.get("response_header_mode", "SEND") == "SEND" and om.get("response_body_mode") == "STREAMED",
+               "the usage observer must see response headers and the streamed body")
+        ensure("steer" in obs.get("metadata_options", {}).get("forwarding_namespaces", {}).get("untyped", []),
+               "the usage observer must forward `steer` metadata (the pod the tokens belong to)")
+        ensure(obs.get("failure_mode_allow") is True, "a failing usage observer must never fail requests")
+    return f"one wait per request, {len(observers)} usage observer(s)"
 
 
 def check_envoy_semantics(config, facts, full_duplex):
@@ -625,11 +662,11 @@ def check_envoy_semantics(config, facts, full_duplex):
            "stream_error_on_invalid_http_message: true (else Envoy closes HTTP/1 connections after the agent's 400s)")
     ensure(hcm.get("local_reply_config", {}).get("mappers"),
            "local_reply_config must turn Envoy's own errors into OpenAI-style JSON")
-    ensure(mode.get("response_body_mode") == "STREAMED", "response bodies must stream")
     if full_duplex:
+        ensure(mode.get("response_body_mode") == "STREAMED", "response bodies must stream")
         ensure(mode.get("request_body_mode") == "FULL_DUPLEX_STREAMED", "request_body_mode FULL_DUPLEX_STREAMED")
     else:
-        ensure(mode.get("request_body_mode") == "BUFFERED", "request_body_mode BUFFERED")
+        check_one_wait(hcm, ext_proc, envoy_observers(config))
     for direction in ("request", "response"):
         if mode.get(f"{direction}_body_mode") == "FULL_DUPLEX_STREAMED":
             ensure(mode.get(f"{direction}_trailer_mode") == "SEND",
@@ -710,16 +747,22 @@ def check_eg_policy(policy, envoy_reference, service, service_port):
                                     ext_proc_pb2.ExternalProcessor(), ignore_unknown_fields=False)
         errors = envoy_check.pgv_errors(msg)
         ensure(not errors, f"extProc as Envoy config: {errors[:3]}")
+        # Envoy Gateway's extProc API has neither send_body_without_waiting_for_header_response
+        # nor observability mode: the policy buffers the request body and streams the response
+        # to the agent, which answers both (and echoes target-pod on the response itself).
+        pm = as_envoy["processing_mode"]
+        ensure(pm.get("request_body_mode") == "BUFFERED", "extProc request body must be Buffered (pod chosen before headers go upstream)")
+        ensure(pm.get("response_header_mode") == "SEND" and pm.get("response_body_mode") == "STREAMED",
+               "extProc response body Streamed (usage from the final SSE chunk without delaying the stream)")
         _, ref_ext_proc, _ = envoy_parts(envoy_reference)
-        for field in ("request_body_mode", "response_body_mode", "request_header_mode", "response_header_mode"):
-            ensure(as_envoy["processing_mode"].get(field) == ref_ext_proc["processing_mode"].get(field),
-                   f"extProc {field} {as_envoy['processing_mode'].get(field)} differs from envoy.yaml's "
-                   f"{ref_ext_proc['processing_mode'].get(field)}")
-        for field in ("allow_mode_override", "failure_mode_allow"):
-            ensure(as_envoy[field] == ref_ext_proc.get(field, False), f"extProc {field} differs from envoy.yaml")
-        ensure(as_envoy["metadata_options"] == ref_ext_proc.get("metadata_options"),
-               f"extProc metadata namespaces {as_envoy['metadata_options']} differ from envoy.yaml's "
-               f"{ref_ext_proc.get('metadata_options')}")
+        ensure(as_envoy["failure_mode_allow"] == ref_ext_proc.get("failure_mode_allow", False),
+               "extProc failOpen differs from envoy.yaml")
+        ref_meta = ref_ext_proc.get("metadata_options", {})
+        for kind in ("receiving_namespaces", "forwarding_namespaces"):
+            ours = set(as_envoy["metadata_options"][kind]["untyped"])
+            ref = set(ref_meta.get(kind, {}).get("untyped", []))
+            ensure(ours == ref - {"steer"},
+                   f"extProc metadata {kind} {sorted(ours)} != envoy.yaml's {sorted(ref)} without `steer`")
         for ref in ext["backendRefs"]:
             ensure(ref.get("kind", "Service") == "Service" and ref["name"] == service["metadata"]["name"]
                    and ref.get("namespace", policy["metadata"]["namespace"]) == service["metadata"]["namespace"]
@@ -967,7 +1010,7 @@ def main():
     policy = one(eg, "EnvoyExtensionPolicy", "llm")
     service = one(base, "Service", "steer-system", "steer-agent")
     if svc_port and "envoy.yaml" in envoy_docs:
-        run.check("envoy-gateway: extProc as Envoy proto, same modes as envoy.yaml", check_eg_policy,
+        run.check("envoy-gateway: extProc as Envoy proto, buffered request, namespaces as envoy.yaml", check_eg_policy,
                   policy, envoy_docs["envoy.yaml"], service, svc_port)
     run.check("envoy-gateway: cross-namespace reference allowed", check_reference_grant, eg, policy, service)
     run.check("envoy-gateway: route -> DynamicResolver with Host from target-pod", check_eg_routing, eg)
@@ -1048,6 +1091,19 @@ def main():
         _, ext, _ = envoy_parts(envoy)
         ext["processing_mode"]["request_trailer_mode"] = "SKIP"
         run.expect_failure("full duplex without request trailers", check_envoy_semantics, envoy, facts, True)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        _, ext, _ = envoy_parts(envoy)
+        ext["processing_mode"]["response_trailer_mode"] = "SKIP"
+        run.expect_failure("envoy.yaml whose routing stream closes before the response ends", check_envoy_semantics,
+                           envoy, facts, False)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        _, ext, _ = envoy_parts(envoy)
+        ext["processing_mode"]["response_body_mode"] = "STREAMED"
+        run.expect_failure("envoy.yaml waiting on every response chunk", check_envoy_semantics, envoy, facts, False)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        envoy_observers(envoy)[0]["failure_mode_allow"] = False
+        run.expect_failure("envoy.yaml whose usage observer can fail requests", check_envoy_semantics,
+                           envoy, facts, False)
         envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
         envoy["static_resources"]["clusters"][1]["original_dst_lb_config"]["http_header_name"] = "x-target-pod"
         run.expect_failure("ORIGINAL_DST on another header", check_envoy_semantics, envoy, facts, False)

@@ -130,9 +130,11 @@ async fn demo(keep_running: bool) -> Result<()> {
     let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
     let streams = stat("http.openai.ext_proc.streams_started");
     println!(
-        "Envoy {}: {streams} ext_proc streams, {:.1} messages sent to the agent per request, {} upstream requests",
+        "Envoy {}: {streams} routing streams (one wait each: {:.1} messages sent per request, all answered when the body ends), \
+         {} usage-observer messages never waited on, {} upstream requests",
         stack.envoy.version,
         stat("http.openai.ext_proc.stream_msgs_sent") as f64 / streams.max(1) as f64,
+        stat("http.openai.ext_proc.usage.stream_msgs_sent"),
         stat("cluster.engine_pods.upstream_rq_total"),
     );
     println!("\nWhere to look:");

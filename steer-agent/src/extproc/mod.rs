@@ -4,6 +4,7 @@
 mod budget;
 mod error;
 mod headers;
+mod observe;
 mod reply;
 mod server;
 mod stream;

@@ -81,9 +81,11 @@ pub fn streamed_body(phase: Phase, body: Vec<u8>, end_of_stream: bool) -> Proces
 }
 
 /// The routing decision: destination headers, route cache cleared so the
-/// route is re-picked on `X-Gateway-Model-Name`, and the Inference Extension's
-/// `envoy.lb` metadata.
-pub fn route(phase: Phase, headers: &[(&str, &str)], endpoint: &str) -> ProcessingResponse {
+/// route is re-picked on `X-Gateway-Model-Name`, the Inference Extension's
+/// `envoy.lb` metadata, and the agent's own `steer` metadata (pod, model,
+/// strategy), which the shipped Envoy configs echo on the response and forward
+/// to the usage observer.
+pub fn route(phase: Phase, headers: &[(&str, &str)], steer: &SteerMeta<'_>) -> ProcessingResponse {
     let mut reply = response(wrap(
         phase,
         CommonResponse {
@@ -92,28 +94,49 @@ pub fn route(phase: Phase, headers: &[(&str, &str)], endpoint: &str) -> Processi
             ..Default::default()
         },
     ));
-    reply.dynamic_metadata = Some(lb_metadata(endpoint));
+    reply.dynamic_metadata = Some(metadata(steer));
     reply
 }
 
-fn lb_metadata(endpoint: &str) -> Struct {
+/// What the `steer` metadata namespace carries.
+#[derive(Debug)]
+pub struct SteerMeta<'a> {
+    pub pod: &'a str,
+    pub model: &'a str,
+    pub strategy: &'a str,
+}
+
+/// The `steer` namespace and its keys, as the shipped configs reference them
+/// (`%DYNAMIC_METADATA(steer:strategy)%`).
+pub const STEER_NAMESPACE: &str = "steer";
+
+fn metadata(steer: &SteerMeta<'_>) -> Struct {
     let string = |s: &str| Value {
         kind: Some(value::Kind::StringValue(s.to_owned())),
     };
-    let inner = Struct {
-        fields: [(
-            "x-gateway-destination-endpoint".to_owned(),
-            string(endpoint),
-        )]
-        .into(),
+    let object = |fields: &[(&str, &str)]| Value {
+        kind: Some(value::Kind::StructValue(Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), string(v)))
+                .collect(),
+        })),
     };
     Struct {
-        fields: [(
-            "envoy.lb".to_owned(),
-            Value {
-                kind: Some(value::Kind::StructValue(inner)),
-            },
-        )]
+        fields: [
+            (
+                "envoy.lb".to_owned(),
+                object(&[("x-gateway-destination-endpoint", steer.pod)]),
+            ),
+            (
+                STEER_NAMESPACE.to_owned(),
+                object(&[
+                    ("pod", steer.pod),
+                    ("model", steer.model),
+                    ("strategy", steer.strategy),
+                ]),
+            ),
+        ]
         .into(),
     }
 }

@@ -78,6 +78,11 @@ impl ExternalProcessor for ExtProcService {
                         Ok(Some(message)) => {
                             let mut out = Vec::with_capacity(2);
                             state.on_message(message, &mut out);
+                            if state.finished() {
+                                // An observer whose response ended: closing the
+                                // stream here frees Envoy from holding it open.
+                                return None;
+                            }
                             if !out.is_empty() {
                                 let batch = Either::Left(stream::iter(out).map(Ok));
                                 return Some((batch, (inbound, state, true, false)));

@@ -8,8 +8,14 @@
 //! - FULL_DUPLEX_STREAMED (Inference Extension style): nothing is answered
 //!   until the body ends; then the headers reply carries the routing headers
 //!   and the body goes back whole as a streamed body response.
-//! - STREAMED: routing needs the body before headers go upstream, so the
-//!   headers reply asks Envoy to switch to BUFFERED (`mode_override`).
+//! - STREAMED with `send_body_without_waiting_for_header_response` (the
+//!   shipped default): Envoy sends the headers and then every body chunk
+//!   without waiting; the agent holds its headers reply until the last chunk,
+//!   then sends the routing headers reply and one reply per chunk. Envoy waits
+//!   once per request.
+//! - STREAMED without it: routing needs the body before headers go upstream,
+//!   so the headers reply asks Envoy to switch to BUFFERED (`mode_override`).
+//! - Observer streams (`observability_mode`): see [`super::observe`].
 //!
 //! Envoy announces its modes in `protocol_config` (Envoy >= 1.34). Without
 //! it the agent assumes BUFFERED, offers `mode_override` to BUFFERED anyway
@@ -26,7 +32,8 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, Processin
 use super::headers::{
     ROUTING_HEADERS, RequestMeta, content_type, set_headers, status_of, subset_hint,
 };
-use super::reply::{self, Phase};
+use super::observe::{self, Observer};
+use super::reply::{self, Phase, SteerMeta};
 use super::{RequestError, Shared};
 use crate::openai::{ParsedRequest, UsageScanner};
 use crate::router::{Decision, RouteRequest, next_random};
@@ -39,6 +46,14 @@ pub struct StreamState {
     response_mode: BodySendMode,
     /// Envoy sent `protocol_config`: the modes above are known, not assumed.
     modes_known: bool,
+    /// STREAMED body sent without waiting for the headers reply: that reply
+    /// is held until the body ends.
+    hold_headers: bool,
+    /// Body chunks received while the headers reply is held: each is
+    /// answered once the body ends.
+    held_chunks: usize,
+    /// This is an observability-mode stream (the response side).
+    observer: Option<Observer>,
     meta: RequestMeta,
     /// Inference Extension subset hint: allowed endpoints, if the gateway sent one.
     subset: Option<Vec<std::net::SocketAddr>>,
@@ -61,6 +76,9 @@ impl StreamState {
             request_mode: BodySendMode::Buffered,
             response_mode: BodySendMode::Streamed,
             modes_known: false,
+            hold_headers: false,
+            held_chunks: 0,
+            observer: None,
             meta: RequestMeta::default(),
             subset: None,
             request_id: String::new(),
@@ -83,10 +101,25 @@ impl StreamState {
         self.body.capacity()
     }
 
+    /// An observer stream whose response has ended: the agent ends it.
+    pub fn finished(&self) -> bool {
+        self.observer.as_ref().is_some_and(Observer::done)
+    }
+
     pub fn on_message(&mut self, message: ProcessingRequest, out: &mut Vec<ProcessingResponse>) {
+        if message.observability_mode {
+            // Envoy waits for nothing here: never answered.
+            let shared = self.shared.clone();
+            return self
+                .observer
+                .get_or_insert_with(Observer::default)
+                .on_message(&shared, message);
+        }
         if let Some(config) = message.protocol_config {
             self.request_mode = mode(config.request_body_mode);
             self.response_mode = mode(config.response_body_mode);
+            self.hold_headers = self.request_mode == BodySendMode::Streamed
+                && config.send_body_without_waiting_for_header_response;
             self.modes_known = true;
         }
         if self.ended {
@@ -112,12 +145,12 @@ impl StreamState {
                 }
             }
             Some(Request::ResponseHeaders(h)) => {
-                if let (Some(d), Some(502..=504)) = (&self.decision, status_of(h.headers.as_ref()))
-                {
-                    self.shared.metrics.error(ErrorKind::UpstreamFailed);
-                    if d.member.endpoint.report_upstream_failure() {
-                        tracing::warn!(pod = %d.member.endpoint.addr, "pod out of rotation after a failed response, until a scrape succeeds");
-                    }
+                if let Some(d) = &self.decision {
+                    observe::upstream_status(
+                        &self.shared,
+                        &d.member,
+                        status_of(h.headers.as_ref()),
+                    );
                 }
                 self.usage = Some(UsageScanner::new(
                     content_type(h.headers.as_ref()).as_deref(),
@@ -211,6 +244,7 @@ impl StreamState {
         }
         match self.request_mode {
             BodySendMode::FullDuplexStreamed => {}
+            BodySendMode::Streamed if self.hold_headers => {}
             BodySendMode::Streamed => out.push(reply::buffer_request_body()),
             _ if !self.modes_known => out.push(reply::buffer_request_body()),
             _ => out.push(reply::proceed(Phase::RequestHeaders)),
@@ -253,6 +287,7 @@ impl StreamState {
             }
             match self.request_mode {
                 BodySendMode::FullDuplexStreamed => {}
+                BodySendMode::Streamed if self.hold_headers => self.held_chunks += 1,
                 // BUFFERED_PARTIAL sends a partial body when Envoy's buffer
                 // fills: routing on a truncated prompt would be wrong.
                 BodySendMode::BufferedPartial | BodySendMode::Buffered => {
@@ -300,6 +335,14 @@ impl StreamState {
             Err(err) => self.fail(err, out),
             Ok(decision) => {
                 let duplex = self.request_mode == BodySendMode::FullDuplexStreamed;
+                if self.hold_headers {
+                    // The held headers reply routes; then one reply per chunk.
+                    out.push(self.route_reply(Phase::RequestHeaders, &decision));
+                    let chunks = std::mem::take(&mut self.held_chunks) + 1;
+                    out.extend((0..chunks).map(|_| reply::proceed(Phase::RequestBody)));
+                    self.decision = Some(decision);
+                    return;
+                }
                 if self.request_mode == BodySendMode::Streamed {
                     // Envoy ignored our mode_override: the headers are gone.
                     self.shared.metrics.error(ErrorKind::UnsupportedBodyMode);
@@ -359,7 +402,11 @@ impl StreamState {
                 ("x-gateway-model-name", &d.pool.name),
                 ("x-request-id", &self.request_id),
             ],
-            endpoint,
+            &SteerMeta {
+                pod: endpoint,
+                model: &d.pool.name,
+                strategy: d.strategy.name(),
+            },
         )
     }
 
@@ -401,18 +448,8 @@ impl StreamState {
     }
 
     fn finish_usage(&mut self) {
-        let (Some(mut scanner), Some(decision)) = (self.usage.take(), &self.decision) else {
-            return;
-        };
-        if let Some(usage) = scanner.finish() {
-            use std::sync::atomic::Ordering::Relaxed;
-            let counters = &decision.member.counters;
-            counters
-                .prompt_tokens
-                .fetch_add(usage.prompt_tokens, Relaxed);
-            counters
-                .completion_tokens
-                .fetch_add(usage.completion_tokens, Relaxed);
+        if let (Some(scanner), Some(decision)) = (self.usage.take(), &self.decision) {
+            observe::count_usage(&decision.member, scanner);
         }
     }
 }

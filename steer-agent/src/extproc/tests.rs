@@ -57,18 +57,102 @@ fn send(
     request: Request,
     mode: Option<BodySendMode>,
 ) -> Vec<ProcessingResponse> {
+    send_config(state, request, mode, false)
+}
+
+/// STREAMED with `send_body_without_waiting_for_header_response` (the shipped
+/// one-wait mode) announced on this message.
+fn send_held(state: &mut StreamState, request: Request) -> Vec<ProcessingResponse> {
+    send_config(state, request, Some(BodySendMode::Streamed), true)
+}
+
+fn send_config(
+    state: &mut StreamState,
+    request: Request,
+    mode: Option<BodySendMode>,
+    without_waiting: bool,
+) -> Vec<ProcessingResponse> {
     let mut out = Vec::new();
     let message = ProcessingRequest {
         request: Some(request),
         protocol_config: mode.map(|m| ProtocolConfiguration {
             request_body_mode: m as i32,
             response_body_mode: BodySendMode::Streamed as i32,
-            ..Default::default()
+            send_body_without_waiting_for_header_response: without_waiting,
         }),
         ..Default::default()
     };
     state.on_message(message, &mut out);
     out
+}
+
+/// An observability-mode message carrying `steer` metadata for `pod`.
+fn observe(
+    state: &mut StreamState,
+    request: Request,
+    pod: Option<&str>,
+) -> Vec<ProcessingResponse> {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let metadata = pod.map(|pod| Metadata {
+        filter_metadata: [(
+            "steer".to_owned(),
+            Struct {
+                fields: [
+                    ("pod".to_owned(), string(pod)),
+                    ("model".to_owned(), string("m")),
+                    ("strategy".to_owned(), string("least-request")),
+                ]
+                .into(),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let mut out = Vec::new();
+    let message = ProcessingRequest {
+        request: Some(request),
+        metadata_context: metadata,
+        observability_mode: true,
+        ..Default::default()
+    };
+    state.on_message(message, &mut out);
+    out
+}
+
+fn response_headers(status: &str, content_type: &str, eos: bool) -> Request {
+    Request::ResponseHeaders(HttpHeaders {
+        headers: Some(header_map(&[
+            (":status", status),
+            ("content-type", content_type),
+        ])),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+fn response_body(data: &str, eos: bool) -> Request {
+    Request::ResponseBody(HttpBody {
+        body: data.as_bytes().to_vec(),
+        end_of_stream: eos,
+        ..Default::default()
+    })
+}
+
+/// The `steer` metadata a routing reply carries.
+fn steer_metadata<'a>(reply: &'a ProcessingResponse, key: &str) -> Option<&'a str> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let ns = reply.dynamic_metadata.as_ref()?.fields.get("steer")?;
+    let Some(Kind::StructValue(fields)) = &ns.kind else {
+        return None;
+    };
+    match fields.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(v) => Some(v),
+        _ => None,
+    }
 }
 
 fn set_header<'a>(reply: &'a ProcessingResponse, key: &str) -> Option<&'a str> {
@@ -157,6 +241,142 @@ fn full_duplex_holds_the_headers_reply_until_the_body_ends() {
     };
     assert_eq!(streamed.body, CHAT.as_bytes());
     assert!(streamed.end_of_stream);
+}
+
+#[test]
+fn one_wait_mode_holds_the_headers_reply_and_answers_every_chunk_when_the_body_ends() {
+    let mut s = StreamState::new(shared());
+    assert!(send_held(&mut s, headers(false, &[])).is_empty());
+    let (a, b) = CHAT.split_at(20);
+    assert!(send_held(&mut s, body(a, false)).is_empty());
+    assert!(send_held(&mut s, body("", false)).is_empty());
+    let r = send_held(&mut s, body(b, true));
+    assert_eq!(r.len(), 4, "the headers reply, then one reply per chunk");
+    assert!(matches!(r[0].response, Some(Response::RequestHeaders(_))));
+    let target = set_header(&r[0], "target-pod").unwrap().to_owned();
+    let Some(Response::RequestHeaders(h)) = &r[0].response else {
+        unreachable!()
+    };
+    assert!(h.response.as_ref().unwrap().clear_route_cache);
+    assert_eq!(steer_metadata(&r[0], "pod"), Some(target.as_str()));
+    assert_eq!(steer_metadata(&r[0], "model"), Some("m"));
+    assert_eq!(steer_metadata(&r[0], "strategy"), Some("least-request"));
+    for reply in &r[1..] {
+        let Some(Response::RequestBody(b)) = &reply.response else {
+            panic!("a body reply: {reply:?}")
+        };
+        let common = b.response.clone().unwrap_or_default();
+        assert!(common.header_mutation.is_none() && common.body_mutation.is_none());
+    }
+    assert!(r[0].mode_override.is_none());
+    assert_eq!(s.decision().unwrap().member.endpoint.in_flight(), 1);
+    // A repeated final chunk is answered, not re-routed.
+    let r = send_held(&mut s, body(b, true));
+    assert_eq!(r.len(), 1);
+    assert!(set_header(&r[0], "target-pod").is_none());
+}
+
+#[test]
+fn one_wait_mode_answers_bad_input_with_one_immediate_response() {
+    let mut s = StreamState::new(shared());
+    assert!(send_held(&mut s, headers(false, &[])).is_empty());
+    assert!(send_held(&mut s, body("{\"model\":", false)).is_empty());
+    let r = send_held(&mut s, body("", true));
+    assert_eq!(r.len(), 1);
+    assert_eq!(status(&r[0]), Some(400));
+    // A body that outgrows the limit mid-stream is refused at once.
+    let mut s = StreamState::new(shared());
+    assert!(send_held(&mut s, headers(false, &[])).is_empty());
+    let r = send_held(&mut s, body(&"x".repeat(1001), false));
+    assert_eq!(status(&r[0]), Some(413));
+    assert!(
+        send_held(&mut s, body("", true)).is_empty(),
+        "the request has ended"
+    );
+}
+
+#[test]
+fn the_observer_counts_usage_for_the_routed_pod_and_is_never_answered() {
+    let shared = shared();
+    let mut route = StreamState::new(shared.clone());
+    send_held(&mut route, headers(false, &[]));
+    let r = send_held(&mut route, body(CHAT, true));
+    let pod = set_header(&r[0], "target-pod").unwrap().to_owned();
+    let member = route.decision().unwrap().member.clone();
+    let mut obs = StreamState::new(shared.clone());
+    assert!(
+        observe(
+            &mut obs,
+            response_headers("200", "text/event-stream", false),
+            Some(&pod)
+        )
+        .is_empty()
+    );
+    assert!(!obs.finished());
+    let usage = "data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+    let (a, b) = usage.split_at(30);
+    assert!(observe(&mut obs, response_body(a, false), Some(&pod)).is_empty());
+    assert!(observe(&mut obs, response_body(b, true), Some(&pod)).is_empty());
+    assert!(
+        obs.finished(),
+        "the agent ends the stream at the response's end"
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(member.counters.prompt_tokens.load(Relaxed), 7);
+    assert_eq!(member.counters.completion_tokens.load(Relaxed), 3);
+    assert_eq!(
+        member.endpoint.in_flight(),
+        1,
+        "in-flight follows the routing stream"
+    );
+    drop(route);
+    assert_eq!(member.endpoint.in_flight(), 0);
+
+    // A JSON body, headers and body in one message each.
+    let mut obs = StreamState::new(shared.clone());
+    observe(
+        &mut obs,
+        response_headers("200", "application/json", false),
+        Some(&pod),
+    );
+    observe(
+        &mut obs,
+        response_body(
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            true,
+        ),
+        Some(&pod),
+    );
+    assert_eq!(member.counters.completion_tokens.load(Relaxed), 5);
+
+    // Envoy's own 503 for the pod takes it out of rotation.
+    assert!(member.endpoint.is_ready());
+    let mut obs = StreamState::new(shared.clone());
+    observe(
+        &mut obs,
+        response_headers("503", "text/plain", true),
+        Some(&pod),
+    );
+    assert!(obs.finished());
+    assert!(!member.endpoint.is_ready());
+
+    // Without metadata (a request the agent did not route), or for a pod that
+    // is not in the model's pool, nothing is counted and nothing fails.
+    for pod in [None, Some("10.9.9.9:1")] {
+        let mut obs = StreamState::new(shared.clone());
+        observe(
+            &mut obs,
+            response_headers("502", "application/json", false),
+            pod,
+        );
+        observe(
+            &mut obs,
+            response_body(r#"{"usage":{"prompt_tokens":100}}"#, true),
+            pod,
+        );
+        assert!(obs.finished());
+    }
+    assert_eq!(member.counters.prompt_tokens.load(Relaxed), 8);
 }
 
 #[test]
@@ -335,9 +555,29 @@ fn arbitrary_message_sequences_never_panic() {
                 _ => headers(true, &[(":method", "GET"), (":path", "/v1/models")]),
             };
             let mode = modes[(next() % modes.len() as u64) as usize];
-            let out = send(&mut s, request, mode);
-            // Full-duplex trailers may complete headers, body and trailers at once.
-            assert!(out.len() <= 3, "at most three replies per message");
+            let out = match next() % 4 {
+                // One-wait mode: the held replies all leave with the last chunk.
+                0 => {
+                    let out = send_held(&mut s, request);
+                    assert!(
+                        out.len() <= 9,
+                        "at most one reply per message sent, plus one"
+                    );
+                    out
+                }
+                1 => {
+                    let out = observe(&mut s, request, Some("10.0.0.1:8000"));
+                    assert!(out.is_empty(), "an observer is never answered");
+                    out
+                }
+                _ => {
+                    let out = send(&mut s, request, mode);
+                    // Full-duplex trailers may complete headers, body and trailers at once.
+                    assert!(out.len() <= 3, "at most three replies per message");
+                    out
+                }
+            };
+            drop(out);
         }
         s.after_reply();
     }

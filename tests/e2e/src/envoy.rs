@@ -24,12 +24,16 @@ pub const ENVOY_VERSIONS: [&str; 2] = ["1.40.0", "1.36.4"];
 /// The version tests, demo and bench use unless told otherwise.
 pub const DEFAULT_ENVOY: &str = ENVOY_VERSIONS[0];
 
+/// A bootstrap as parsed YAML (what [`render`] returns and the variants here take).
+pub type Doc = Value;
+
 /// A shipped bootstrap in `deploy/envoy/`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EnvoyConfig {
-    /// `envoy.yaml`: request body BUFFERED.
+    /// `envoy.yaml`: one wait per request (request body STREAMED, sent
+    /// without waiting for the headers reply) and a usage observer.
     #[default]
-    Buffered,
+    OneWait,
     /// `envoy-full-duplex.yaml`: request body FULL_DUPLEX_STREAMED.
     FullDuplex,
 }
@@ -37,7 +41,7 @@ pub enum EnvoyConfig {
 impl EnvoyConfig {
     pub fn file_name(self) -> &'static str {
         match self {
-            Self::Buffered => "envoy.yaml",
+            Self::OneWait => "envoy.yaml",
             Self::FullDuplex => "envoy-full-duplex.yaml",
         }
     }
@@ -92,10 +96,13 @@ pub fn render(config: EnvoyConfig, ext_proc: SocketAddr) -> Result<Value> {
     Ok(doc)
 }
 
-/// Plain Envoy for baselines: `doc` without its ext_proc filter, and the
-/// `engine_pods` cluster turned into a round-robin cluster over `engines`.
-pub fn without_ext_proc(mut doc: Value, engines: &[SocketAddr]) -> Result<Value> {
-    for listener in seq_mut(&mut doc, &["static_resources", "listeners"])? {
+const EXT_PROC_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor";
+
+/// Every HTTP filter list in `doc`'s listeners.
+fn http_filters_mut(doc: &mut Value) -> Result<Vec<&mut Vec<Value>>> {
+    let mut lists = Vec::new();
+    for listener in seq_mut(doc, &["static_resources", "listeners"])? {
         for chain in listener
             .get_mut("filter_chains")
             .and_then(Value::as_sequence_mut)
@@ -111,10 +118,57 @@ pub fn without_ext_proc(mut doc: Value, engines: &[SocketAddr]) -> Result<Value>
                     .and_then(|t| t.get_mut("http_filters"))
                     .and_then(Value::as_sequence_mut)
                 {
-                    http.retain(|f| f["name"].as_str() != Some("envoy.filters.http.ext_proc"));
+                    lists.push(http);
                 }
             }
         }
+    }
+    Ok(lists)
+}
+
+fn is_ext_proc(filter: &Value) -> bool {
+    filter["typed_config"]["@type"].as_str() == Some(EXT_PROC_TYPE)
+}
+
+fn is_observer(filter: &Value) -> bool {
+    is_ext_proc(filter) && filter["typed_config"]["observability_mode"].as_bool() == Some(true)
+}
+
+/// `doc` without its usage observer: the routing filter alone (usage
+/// accounting off, as the README describes).
+pub fn without_usage_observer(mut doc: Value) -> Result<Value> {
+    for http in http_filters_mut(&mut doc)? {
+        http.retain(|f| !is_observer(f));
+    }
+    Ok(doc)
+}
+
+/// The headers-only protocol floor: `doc` without its usage observer and with
+/// the routing filter sending no body (request_body_mode NONE), so the server
+/// routes from the headers reply alone.
+pub fn headers_only(doc: Value) -> Result<Value> {
+    let mut doc = without_usage_observer(doc)?;
+    for http in http_filters_mut(&mut doc)? {
+        for filter in http.iter_mut().filter(|f| is_ext_proc(f)) {
+            let config = filter["typed_config"]
+                .as_mapping_mut()
+                .context("ext_proc typed_config")?;
+            config.remove("send_body_without_waiting_for_header_response");
+            let mode = config
+                .get_mut("processing_mode")
+                .and_then(Value::as_mapping_mut)
+                .context("processing_mode")?;
+            mode.insert("request_body_mode".into(), "NONE".into());
+        }
+    }
+    Ok(doc)
+}
+
+/// Plain Envoy for baselines: `doc` without its ext_proc filters (routing and
+/// usage), and the `engine_pods` cluster turned into a round-robin cluster over `engines`.
+pub fn without_ext_proc(mut doc: Value, engines: &[SocketAddr]) -> Result<Value> {
+    for http in http_filters_mut(&mut doc)? {
+        http.retain(|f| !is_ext_proc(f));
     }
     let cluster = cluster_mut(&mut doc, "engine_pods")?;
     let endpoints: Vec<Value> = engines

@@ -47,6 +47,20 @@ pub async fn assert_idle_at(metrics: std::net::SocketAddr) {
     panic!("steer_pod_in_flight did not return to 0: {busy:?}");
 }
 
+/// All pods' `steer_pod_in_flight` summed, and the metrics text.
+pub async fn in_flight(metrics: std::net::SocketAddr) -> (f64, String) {
+    let text = steer_e2e::Client::default()
+        .metrics(metrics)
+        .await
+        .unwrap_or_default();
+    let sum = text
+        .lines()
+        .filter(|l| l.starts_with("steer_pod_in_flight{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (sum, text)
+}
+
 /// Engines that decode 20 ms per token (streams last long enough for a
 /// signal or a fault to arrive while they run).
 pub fn slow_opts(n: usize) -> steer_e2e::StackOptions {

@@ -65,9 +65,9 @@ impl Rig {
 
     /// Real Envoy from the shipped `envoy.yaml`, in front of `agent`.
     async fn envoy(&self, agent: &Proc) -> Envoy {
-        let doc = steer_e2e::envoy::render(EnvoyConfig::Buffered, agent.addrs[0]).unwrap();
+        let doc = steer_e2e::envoy::render(EnvoyConfig::OneWait, agent.addrs[0]).unwrap();
         let dir = std::env::temp_dir().join(format!("steer-datapath-envoy-{}", self.lab.tag));
-        Envoy::start(DEFAULT_ENVOY, &doc, &dir, &EnvoyConfig::Buffered.path())
+        Envoy::start(DEFAULT_ENVOY, &doc, &dir, &EnvoyConfig::OneWait.path())
             .await
             .unwrap()
     }

@@ -74,7 +74,7 @@ fn shipped_envoy_configs_validate_on_every_supported_envoy() {
             }
         };
         for config in [
-            steer_e2e::EnvoyConfig::Buffered,
+            steer_e2e::EnvoyConfig::OneWait,
             steer_e2e::EnvoyConfig::FullDuplex,
         ] {
             let output = Command::new(&bin)

@@ -16,7 +16,7 @@ async fn stack_on(version: &'static str, config: EnvoyConfig) -> Stack {
 }
 
 async fn routing(version: &'static str) {
-    let stack = stack_on(version, EnvoyConfig::Buffered).await;
+    let stack = stack_on(version, EnvoyConfig::OneWait).await;
     let client = Client::default();
     for _ in 0..4 {
         let reply = client.chat(stack.gateway(), "qwen", &[]).await.unwrap();
@@ -33,7 +33,7 @@ async fn routing(version: &'static str) {
 }
 
 async fn streaming(version: &'static str) {
-    let stack = stack_on(version, EnvoyConfig::Buffered).await;
+    let stack = stack_on(version, EnvoyConfig::OneWait).await;
     let reply = Client::default()
         .post(
             stack.gateway(),
@@ -59,7 +59,7 @@ async fn streaming(version: &'static str) {
 }
 
 async fn errors(version: &'static str) {
-    let mut stack = stack_on(version, EnvoyConfig::Buffered).await;
+    let mut stack = stack_on(version, EnvoyConfig::OneWait).await;
     let client = Client::default();
     let reply = client.chat(stack.gateway(), "nope", &[]).await.unwrap();
     assert_eq!(reply.status, 404);

@@ -111,15 +111,8 @@ fn body(data: &[u8], end_of_stream: bool) -> Request {
     })
 }
 
-/// All pods' `steer_pod_in_flight` summed, and the metrics text.
 async fn in_flight(stack: &Stack) -> (f64, String) {
-    let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
-    let sum = metrics
-        .lines()
-        .filter(|l| l.starts_with("steer_pod_in_flight{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (sum, metrics)
+    common::in_flight(stack.metrics()).await
 }
 
 /// The `target-pod` a reply sets, if any.

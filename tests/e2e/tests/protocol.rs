@@ -319,7 +319,7 @@ async fn long_prompts_and_body_limits(stack: &Stack) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_body_mode_serves_long_prompts_and_limits() {
-    body_mode_roundtrip(EnvoyConfig::Buffered).await;
+    body_mode_roundtrip(EnvoyConfig::OneWait).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

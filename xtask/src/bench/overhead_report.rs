@@ -5,7 +5,15 @@ use std::fmt::Write as _;
 
 use super::overhead::CaseResult;
 
-const PATHS: [&str; 5] = ["direct", "envoy", "noop", "steer", "steer-duplex"];
+const PATHS: [&str; 7] = [
+    "direct",
+    "envoy",
+    "floor-headers",
+    "floor-one-wait",
+    "steer",
+    "steer-no-usage",
+    "steer-duplex",
+];
 
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
@@ -22,21 +30,25 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
     );
     md.push_str(
         "Paths: **direct** = client → engine; **envoy** = plain Envoy (shipped `envoy.yaml` without \
-         ext_proc, round-robin cluster); **noop** = shipped `envoy.yaml` ⇄ a no-op ext_proc server \
-         (the protocol floor); **steer** = shipped `envoy.yaml` ⇄ steer-agent; **steer-duplex** = \
-         shipped `envoy-full-duplex.yaml` ⇄ steer-agent. Each figure is the median over interleaved \
+         ext_proc, round-robin cluster); **floor-headers** = `envoy.yaml` sending no body and no \
+         usage observer ⇄ a no-op ext_proc server that routes in its headers reply; \
+         **floor-one-wait** = `envoy.yaml` without the usage observer ⇄ the no-op server holding \
+         its headers reply until the body ends (the floor Steer is judged against); **steer** = \
+         shipped `envoy.yaml` (usage observer included) ⇄ steer-agent; **steer-no-usage** = \
+         `envoy.yaml` without the usage observer ⇄ steer-agent; **steer-duplex** = shipped \
+         `envoy-full-duplex.yaml` ⇄ steer-agent. Each figure is the median over interleaved \
          rounds; CPU from `/proc/PID/task/*/schedstat` divided by completed requests.\n\n",
     );
-    md.push_str("| case | p50 µs: direct / envoy / noop / steer / steer-duplex | p99 µs: envoy / noop / steer | req/s: direct / envoy / noop / steer / steer-duplex |\n|---|---|---|---|\n");
+    let _ = writeln!(
+        md,
+        "| case | p50 µs: {0} | p99 µs: {0} | req/s: {0} |\n|---|---|---|---|",
+        PATHS.join(" / ")
+    );
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
-        let f = |name: &str, get: fn(&super::overhead::PathResult) -> f64| {
-            c.path(name)
-                .map_or("–".into(), |p| format!("{:.0}", get(p)))
-        };
-        let row = |names: &[&str], get: fn(&super::overhead::PathResult) -> f64| {
-            names
+        let row = |get: fn(&super::overhead::PathResult) -> f64| {
+            PATHS
                 .iter()
-                .map(|n| f(n, get))
+                .map(|n| c.path(n).map_or("–".into(), |p| format!("{:.0}", get(p))))
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
@@ -44,39 +56,46 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             md,
             "| {} | {} | {} | {} |",
             c.case,
-            row(&PATHS, |p| p.p50_us),
-            row(&["envoy", "noop", "steer"], |p| p.p99_us),
-            row(&PATHS, |p| p.req_per_s),
+            row(|p| p.p50_us),
+            row(|p| p.p99_us),
+            row(|p| p.req_per_s),
         );
     }
-    md.push_str("\n| case | Envoy+Steer − plain Envoy, p50 µs | Envoy+Steer / plain Envoy: p50, req/s | Envoy+Steer / no-op floor: p50, req/s | full duplex / no-op: p50, req/s | Envoy CPU µs/req: envoy / noop / steer / steer-duplex | ext_proc CPU µs/req: noop / steer / steer-duplex |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-no-usage / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-no-usage | ext_proc CPU µs/req: floor-one-wait / steer / steer-no-usage |\n|---|---|---|---|---|---|---|---|\n");
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
-        let (Some(envoy), Some(noop), Some(steer), Some(duplex)) = (
+        let (Some(envoy), Some(headers), Some(floor), Some(steer), Some(no_usage), Some(duplex)) = (
             c.path("envoy"),
-            c.path("noop"),
+            c.path("floor-headers"),
+            c.path("floor-one-wait"),
             c.path("steer"),
+            c.path("steer-no-usage"),
             c.path("steer-duplex"),
         ) else {
             continue;
         };
+        let pair = |a: &super::overhead::PathResult, b: &super::overhead::PathResult| {
+            format!(
+                "{}, {}",
+                ratio(a.p50_us, b.p50_us),
+                ratio(a.req_per_s, b.req_per_s)
+            )
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {}, {} | {}, {} | {}, {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            "| {} | **{}** | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
             c.case,
-            steer.p50_us - envoy.p50_us,
-            ratio(steer.p50_us, envoy.p50_us),
-            ratio(steer.req_per_s, envoy.req_per_s),
-            ratio(steer.p50_us, noop.p50_us),
-            ratio(steer.req_per_s, noop.req_per_s),
-            ratio(duplex.p50_us, noop.p50_us),
-            ratio(duplex.req_per_s, noop.req_per_s),
+            pair(steer, floor),
+            pair(no_usage, floor),
+            pair(floor, headers),
+            pair(steer, envoy),
+            pair(duplex, floor),
             envoy.envoy_cpu_us_per_request,
-            noop.envoy_cpu_us_per_request,
+            floor.envoy_cpu_us_per_request,
             steer.envoy_cpu_us_per_request,
-            duplex.envoy_cpu_us_per_request,
-            noop.ext_proc_cpu_us_per_request,
+            no_usage.envoy_cpu_us_per_request,
+            floor.ext_proc_cpu_us_per_request,
             steer.ext_proc_cpu_us_per_request,
-            duplex.ext_proc_cpu_us_per_request,
+            no_usage.ext_proc_cpu_us_per_request,
         );
     }
     for c in cases.iter().filter(|c| c.stream_tokens > 0) {
@@ -119,7 +138,9 @@ pub fn chart_svg(cases: &[CaseResult]) -> String {
     let n = points.len().max(2) as f64;
     let x = |i: usize| left + (w - left - 150.0) * i as f64 / (n - 1.0);
     let y = |ms: f64| (h - bottom) - (h - bottom - 20.0) * ms / max_ms;
-    let colours = ["#555", "#1f77b4", "#2ca02c", "#d62728", "#9467bd"];
+    let colours = [
+        "#555", "#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd",
+    ];
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );

@@ -3,17 +3,23 @@
 //!
 //! - `direct`: client → engine (round-robin over the engines by the client);
 //! - `envoy`: plain Envoy, the shipped `envoy.yaml` without its ext_proc
-//!   filter and with a round-robin cluster over the engines;
-//! - `noop`: the shipped `envoy.yaml` ⇄ `noop-extproc`, a server that answers
-//!   every message at once and names a pod round-robin (the protocol floor);
-//! - `steer`: the shipped `envoy.yaml` ⇄ steer-agent;
+//!   filters and with a round-robin cluster over the engines;
+//! - `floor-headers`: `envoy.yaml` with no body sent and no usage observer ⇄
+//!   `noop-extproc`, which names a pod round-robin in its headers reply (what
+//!   one ext_proc stream per request costs Envoy);
+//! - `floor-one-wait`: `envoy.yaml` without the usage observer ⇄
+//!   `noop-extproc` in the one-wait mode (holds the headers reply until the
+//!   body ends, then answers it with a pod and every body chunk): the floor
+//!   the agent is judged against;
+//! - `steer`: the shipped `envoy.yaml` (usage observer included) ⇄ steer-agent;
+//! - `steer-no-usage`: `envoy.yaml` without the usage observer ⇄ the same agent;
 //! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use steer_e2e::envoy::{render, without_ext_proc};
+use steer_e2e::envoy::{Doc, headers_only, render, without_ext_proc, without_usage_observer};
 use steer_e2e::{DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
 
 pub struct Path {
@@ -64,25 +70,36 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         "listening on",
     )
     .await?;
-    let buffered = EnvoyConfig::Buffered;
-    let plain_doc = without_ext_proc(render(buffered, noop.addr())?, &engines)?;
-    let plain = Envoy::start(DEFAULT_ENVOY, &plain_doc, &dir, &buffered.path()).await?;
-    let noop_envoy = Envoy::start(
-        DEFAULT_ENVOY,
-        &render(buffered, noop.addr())?,
-        &dir,
-        &buffered.path(),
+    let shipped = EnvoyConfig::OneWait;
+    let start = |doc: Doc, config: EnvoyConfig| {
+        let dir = dir.clone();
+        async move { Envoy::start(DEFAULT_ENVOY, &doc, &dir, &config.path()).await }
+    };
+    let plain = start(
+        without_ext_proc(render(shipped, noop.addr())?, &engines)?,
+        shipped,
+    )
+    .await?;
+    let floor_headers = start(headers_only(render(shipped, noop.addr())?)?, shipped).await?;
+    let floor_one_wait = start(
+        without_usage_observer(render(shipped, noop.addr())?)?,
+        shipped,
+    )
+    .await?;
+    let no_usage = start(
+        without_usage_observer(render(shipped, stack.ext_proc())?)?,
+        shipped,
     )
     .await?;
     let duplex = EnvoyConfig::FullDuplex;
-    let duplex_envoy = Envoy::start(
-        DEFAULT_ENVOY,
-        &render(duplex, stack.ext_proc())?,
-        &dir,
-        &duplex.path(),
-    )
-    .await?;
+    let duplex_envoy = start(render(duplex, stack.ext_proc())?, duplex).await?;
     let agent = stack.agent.pid();
+    let through = |name, envoy: &Envoy, ext_proc_pid| Path {
+        name,
+        targets: vec![envoy.listener],
+        envoy_pid: envoy.proc.pid(),
+        ext_proc_pid,
+    };
     let paths = vec![
         Path {
             name: "direct",
@@ -90,36 +107,18 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
             envoy_pid: None,
             ext_proc_pid: None,
         },
-        Path {
-            name: "envoy",
-            targets: vec![plain.listener],
-            envoy_pid: plain.proc.pid(),
-            ext_proc_pid: None,
-        },
-        Path {
-            name: "noop",
-            targets: vec![noop_envoy.listener],
-            envoy_pid: noop_envoy.proc.pid(),
-            ext_proc_pid: noop.pid(),
-        },
-        Path {
-            name: "steer",
-            targets: vec![stack.gateway()],
-            envoy_pid: stack.envoy.proc.pid(),
-            ext_proc_pid: agent,
-        },
-        Path {
-            name: "steer-duplex",
-            targets: vec![duplex_envoy.listener],
-            envoy_pid: duplex_envoy.proc.pid(),
-            ext_proc_pid: agent,
-        },
+        through("envoy", &plain, None),
+        through("floor-headers", &floor_headers, noop.pid()),
+        through("floor-one-wait", &floor_one_wait, noop.pid()),
+        through("steer", &stack.envoy, agent),
+        through("steer-no-usage", &no_usage, agent),
+        through("steer-duplex", &duplex_envoy, agent),
     ];
     Ok(Paths {
         paths,
         envoy_version: stack.envoy.version.clone(),
         _stack: stack,
-        _extra_envoys: vec![plain, noop_envoy, duplex_envoy],
+        _extra_envoys: vec![plain, floor_headers, floor_one_wait, no_usage, duplex_envoy],
         _noop: noop,
         dir,
     })

@@ -1,10 +1,15 @@
-//! TEST/BENCH TOOL: the ext_proc protocol floor. Answers every message at once
-//! for Envoy's BUFFERED request body mode: request headers → continue, request
-//! body → `target-pod` (the next pod, round-robin) with the route cache
-//! cleared, response headers / body → continue. No parsing, no state beyond a
-//! counter: what Envoy + ext_proc costs with a server that does nothing.
-//! Bodiless requests are routed in the headers reply.
+//! TEST/BENCH TOOL: the ext_proc protocol floor. Answers what Envoy waits
+//! for as soon as it can, names the next pod round-robin (`target-pod`, route
+//! cache cleared), parses nothing and keeps no state beyond a counter and a
+//! chunk count: what Envoy + ext_proc costs with a server that does nothing.
+//! Modes follow Envoy's `protocol_config`:
+//! - BUFFERED body: headers → continue, body → route;
+//! - STREAMED body sent without waiting (one wait): the headers reply is held
+//!   until the body's last chunk, then route + one continue per chunk;
+//! - body NONE, or a bodiless request: the headers reply routes.
 //!
+//! Response phases and trailers, if sent, are answered with continue;
+//! observability-mode messages are never answered.
 //! `noop-extproc --listen 127.0.0.1:0 --pod 127.0.0.1:8001 --pod ...`
 
 use std::net::SocketAddr;
@@ -13,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
@@ -20,7 +26,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request a
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, ProcessingRequest,
-    ProcessingResponse,
+    ProcessingResponse, TrailersResponse,
 };
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -50,29 +56,69 @@ impl Noop {
         }
     }
 
-    fn answer(&self, message: ProcessingRequest) -> Option<ProcessingResponse> {
+    fn answer(
+        &self,
+        stream: &mut StreamMode,
+        message: ProcessingRequest,
+    ) -> Vec<ProcessingResponse> {
+        if let Some(config) = &message.protocol_config {
+            stream.hold = config.request_body_mode == BodySendMode::Streamed as i32
+                && config.send_body_without_waiting_for_header_response;
+            stream.no_body = config.request_body_mode == BodySendMode::None as i32;
+        }
         let headers = |common| HeadersResponse {
             response: Some(common),
         };
         let body = |common| BodyResponse {
             response: Some(common),
         };
-        let reply = match message.request? {
-            Msg::RequestHeaders(h) if h.end_of_stream => {
+        let reply = |r| ProcessingResponse {
+            response: Some(r),
+            ..Default::default()
+        };
+        let Some(request) = message.request else {
+            return Vec::new();
+        };
+        if message.observability_mode {
+            // Envoy waits for nothing from an observer: never answered.
+            return Vec::new();
+        }
+        let one = match request {
+            Msg::RequestHeaders(h) if h.end_of_stream || stream.no_body => {
                 Reply::RequestHeaders(headers(self.route()))
             }
+            Msg::RequestHeaders(_) if stream.hold => return Vec::new(),
             Msg::RequestHeaders(_) => Reply::RequestHeaders(headers(CommonResponse::default())),
+            Msg::RequestBody(b) if stream.hold => {
+                stream.chunks += 1;
+                if !b.end_of_stream {
+                    return Vec::new();
+                }
+                let mut out = vec![reply(Reply::RequestHeaders(headers(self.route())))];
+                out.extend(
+                    (0..std::mem::take(&mut stream.chunks))
+                        .map(|_| reply(Reply::RequestBody(body(CommonResponse::default())))),
+                );
+                stream.hold = false;
+                return out;
+            }
             Msg::RequestBody(b) if b.end_of_stream => Reply::RequestBody(body(self.route())),
             Msg::RequestBody(_) => Reply::RequestBody(body(CommonResponse::default())),
             Msg::ResponseHeaders(_) => Reply::ResponseHeaders(headers(CommonResponse::default())),
             Msg::ResponseBody(_) => Reply::ResponseBody(body(CommonResponse::default())),
-            Msg::RequestTrailers(_) | Msg::ResponseTrailers(_) => return None,
+            Msg::RequestTrailers(_) => Reply::RequestTrailers(TrailersResponse::default()),
+            Msg::ResponseTrailers(_) => Reply::ResponseTrailers(TrailersResponse::default()),
         };
-        Some(ProcessingResponse {
-            response: Some(reply),
-            ..Default::default()
-        })
+        vec![reply(one)]
     }
+}
+
+/// What one stream's replies depend on.
+#[derive(Default)]
+struct StreamMode {
+    hold: bool,
+    no_body: bool,
+    chunks: usize,
 }
 
 #[derive(Clone)]
@@ -89,13 +135,16 @@ impl ExternalProcessor for Service {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Replies>, Status> {
         let noop = self.0.clone();
-        let replies = request.into_inner().filter_map(move |m| {
-            let reply = match m {
-                Ok(m) => noop.answer(m).map(Ok),
-                Err(status) => Some(Err(status)),
-            };
-            std::future::ready(reply)
-        });
+        let replies = request
+            .into_inner()
+            .scan(StreamMode::default(), move |mode, m| {
+                let out: Vec<Result<ProcessingResponse, Status>> = match m {
+                    Ok(m) => noop.answer(mode, m).into_iter().map(Ok).collect(),
+                    Err(status) => vec![Err(status)],
+                };
+                std::future::ready(Some(futures::stream::iter(out)))
+            })
+            .flatten();
         Ok(Response::new(Box::pin(replies)))
     }
 }
