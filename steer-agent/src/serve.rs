@@ -64,6 +64,12 @@ pub async fn serve(
     options: ServeOptions,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ListenError> {
+    // Flow-control windows: Envoy sends a request body without waiting for
+    // the agent, so a stream window of 4 MiB lets any ordinary prompt arrive
+    // without a WINDOW_UPDATE round trip, and 16 MiB per connection covers
+    // 256 concurrent streams of 64 KiB bodies (larger bodies still flow, one
+    // window update at a time). max_concurrent_streams matches the shipped
+    // Envoy clusters (see --max-streams-per-connection).
     let mut builder = Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))

@@ -45,33 +45,39 @@ pub fn shared_prefix(shape: Shape, models: &[&str], salt: &str) -> Vec<Job> {
                 format!("[{salt}] Tenant {group} instructions: follow policy section {group}. ");
             let system: String = seed.repeat(shape.prefix_bytes / seed.len() + 1);
             let stream = (i + group) % 2 == 0;
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "model": model,
                 "messages": [
                     {"role": "system", "content": &system[..shape.prefix_bytes]},
                     {"role": "user", "content": format!("Question {i} for tenant {group}?")},
                 ],
                 "stream": stream,
-                "stream_options": {"include_usage": stream},
                 "max_tokens": shape.max_tokens,
-            })
-            .to_string();
+            });
+            // stream_options is only valid with streaming (OpenAI, sglang-router).
+            if stream {
+                body["stream_options"] = serde_json::json!({"include_usage": true});
+            }
+            let body = body.to_string();
             jobs.push(Job { group, body });
         }
     }
     jobs
 }
 
-/// Sends every job through `gateway` with at most `concurrency` in flight.
-/// `target` overrides routing (the oracle): job → engine address, sent
-/// straight to the engine.
+/// Where one job goes instead of the gateway, and a header of its own (the
+/// oracle names its pod this way).
+pub type Route<'a> = &'a (dyn Fn(&Job) -> (SocketAddr, Option<(&'static str, String)>) + Sync);
+
+/// Sends every job through `gateway` with at most `concurrency` in flight,
+/// or where `route` says.
 pub async fn run(
     client: &Client,
     gateway: SocketAddr,
     jobs: &[Job],
     concurrency: usize,
     headers: &[(&'static str, String)],
-    target: Option<&(dyn Fn(&Job) -> SocketAddr + Sync)>,
+    route: Option<Route<'_>>,
 ) -> anyhow::Result<Vec<Outcome>> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(jobs.len());
@@ -79,8 +85,9 @@ pub async fn run(
         let permit = permits.clone().acquire_owned().await?;
         let client = client.clone();
         let job = job.clone();
-        let addr = target.map_or(gateway, |t| t(&job));
-        let headers = headers.to_vec();
+        let (addr, own) = route.map_or((gateway, None), |r| r(&job));
+        let mut headers = headers.to_vec();
+        headers.extend(own);
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let session = format!("tenant-{}", job.group);

@@ -17,17 +17,20 @@ pub use transport::{ExtProcTransport, TestCerts};
 
 /// An OpenAI chat request body.
 pub fn chat_body(model: &str, prompt: &str, stream: bool, max_tokens: u32) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a test."},
             {"role": "user", "content": prompt},
         ],
         "stream": stream,
-        "stream_options": {"include_usage": stream},
         "max_tokens": max_tokens,
-    })
-    .to_string()
+    });
+    // OpenAI (and sglang-router) refuse stream_options without streaming.
+    if stream {
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    body.to_string()
 }
 
 /// mock-engine timing flags: µs per uncached prompt token, µs per output

@@ -10,6 +10,7 @@ mod kernel;
 mod overhead;
 mod overhead_report;
 mod paths;
+mod peers;
 pub mod probes;
 mod quality;
 mod report;
@@ -34,6 +35,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if !args.kernel_only {
+            eprintln!("installing the peer routers (vllm-router, sglang-router)...");
+            peers::install()?;
+        }
         eprintln!("building release binaries...");
         steer_e2e::ensure_built("release")?;
         let mut report = report::Report::default();

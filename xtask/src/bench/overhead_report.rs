@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::overhead::CaseResult;
 
-const PATHS: [&str; 7] = [
+const PATHS: [&str; 9] = [
     "direct",
     "envoy",
     "floor-headers",
@@ -13,6 +13,8 @@ const PATHS: [&str; 7] = [
     "steer",
     "steer-no-usage",
     "steer-duplex",
+    "vllm-router",
+    "sglang-router",
 ];
 
 fn ratio(a: f64, b: f64) -> String {
@@ -36,7 +38,9 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
          its headers reply until the body ends (the floor Steer is judged against); **steer** = \
          shipped `envoy.yaml` (usage observer included) ⇄ steer-agent; **steer-no-usage** = \
          `envoy.yaml` without the usage observer ⇄ steer-agent; **steer-duplex** = shipped \
-         `envoy-full-duplex.yaml` ⇄ steer-agent. Each figure is the median over interleaved \
+         `envoy-full-duplex.yaml` ⇄ steer-agent; **vllm-router**, **sglang-router** = the peer \
+         routers (PyPI, pinned) in place of Envoy, round_robin (their CPU is in the Envoy column). \
+         Each figure is the median over interleaved \
          rounds; CPU from `/proc/PID/task/*/schedstat` divided by completed requests.\n\n",
     );
     let _ = writeln!(
@@ -61,16 +65,26 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             row(|p| p.req_per_s),
         );
     }
-    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-no-usage / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-no-usage | ext_proc CPU µs/req: floor-one-wait / steer / steer-no-usage |\n|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-no-usage / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-no-usage | ext_proc CPU µs/req: floor-one-wait / steer / steer-no-usage |\n|---|---|---|---|---|---|---|---|---|\n");
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
-        let (Some(envoy), Some(headers), Some(floor), Some(steer), Some(no_usage), Some(duplex)) = (
+        let (
+            Some(envoy),
+            Some(headers),
+            Some(floor),
+            Some(steer),
+            Some(no_usage),
+            Some(duplex),
+            Some(vllm),
+        ) = (
             c.path("envoy"),
             c.path("floor-headers"),
             c.path("floor-one-wait"),
             c.path("steer"),
             c.path("steer-no-usage"),
             c.path("steer-duplex"),
-        ) else {
+            c.path("vllm-router"),
+        )
+        else {
             continue;
         };
         let pair = |a: &super::overhead::PathResult, b: &super::overhead::PathResult| {
@@ -82,13 +96,14 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
         };
         let _ = writeln!(
             md,
-            "| {} | **{}** | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            "| {} | **{}** | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
             c.case,
             pair(steer, floor),
             pair(no_usage, floor),
             pair(floor, headers),
             pair(steer, envoy),
             pair(duplex, floor),
+            pair(steer, vllm),
             envoy.envoy_cpu_us_per_request,
             floor.envoy_cpu_us_per_request,
             steer.envoy_cpu_us_per_request,
@@ -139,7 +154,8 @@ pub fn chart_svg(cases: &[CaseResult]) -> String {
     let x = |i: usize| left + (w - left - 150.0) * i as f64 / (n - 1.0);
     let y = |ms: f64| (h - bottom) - (h - bottom - 20.0) * ms / max_ms;
     let colours = [
-        "#555", "#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd",
+        "#555", "#1f77b4", "#8c564b", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#17becf",
+        "#bcbd22",
     ];
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"

@@ -13,7 +13,9 @@
 //!   the agent is judged against;
 //! - `steer`: the shipped `envoy.yaml` (usage observer included) ⇄ steer-agent;
 //! - `steer-no-usage`: `envoy.yaml` without the usage observer ⇄ the same agent;
-//! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent.
+//! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent;
+//! - `vllm-router`, `sglang-router`: the peer routers ([`super::peers`]),
+//!   round_robin, in place of Envoy (their CPU is reported as the proxy's).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,11 +24,13 @@ use anyhow::Result;
 use steer_e2e::envoy::{Doc, headers_only, render, without_ext_proc, without_usage_observer};
 use steer_e2e::{DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
 
+use super::peers::{Kind, Peer};
+
 pub struct Path {
     pub name: &'static str,
     /// Where the client sends (several: rotated per request).
     pub targets: Vec<SocketAddr>,
-    /// Envoy's pid (none for `direct`).
+    /// The proxy's pid: Envoy, or the peer router (none for `direct`).
     pub envoy_pid: Option<u32>,
     /// The ext_proc server's pid (agent or no-op), if the path has one.
     pub ext_proc_pid: Option<u32>,
@@ -38,6 +42,7 @@ pub struct Paths {
     pub envoy_version: String,
     _stack: Stack,
     _extra_envoys: Vec<Envoy>,
+    _peers: Vec<Peer>,
     _noop: Proc,
     dir: PathBuf,
 }
@@ -100,7 +105,8 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         envoy_pid: envoy.proc.pid(),
         ext_proc_pid,
     };
-    let paths = vec![
+    let engines_for_peers = engines.clone();
+    let mut paths = vec![
         Path {
             name: "direct",
             targets: engines,
@@ -114,11 +120,23 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         through("steer-no-usage", &no_usage, agent),
         through("steer-duplex", &duplex_envoy, agent),
     ];
+    let mut peers = Vec::new();
+    for kind in [Kind::Vllm, Kind::Sglang] {
+        let peer = super::peers::start(kind, "round_robin", &engines_for_peers, "m").await?;
+        paths.push(Path {
+            name: kind.name(),
+            targets: vec![peer.addr],
+            envoy_pid: peer.pid(),
+            ext_proc_pid: None,
+        });
+        peers.push(peer);
+    }
     Ok(Paths {
         paths,
         envoy_version: stack.envoy.version.clone(),
         _stack: stack,
         _extra_envoys: vec![plain, floor_headers, floor_one_wait, no_usage, duplex_envoy],
+        _peers: peers,
         _noop: noop,
         dir,
     })

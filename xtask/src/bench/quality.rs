@@ -1,13 +1,22 @@
 //! (c) routing quality: TTFT and prefix hit rate per strategy on a
-//! shared-prefix workload, against an oracle that always picks the warm pod.
+//! shared-prefix workload, against an oracle that always picks the warm pod
+//! through the same shipped Envoy config (a no-op ext_proc server routes each
+//! request to the pod the client names), and against the peer routers'
+//! cache_aware policies on the same engines.
 
 use anyhow::Result;
-use steer_e2e::{Client, Stack, StackOptions};
+use steer_e2e::envoy::render;
+use steer_e2e::{Client, DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
+
+use super::peers::{self, Kind};
 
 use super::BenchArgs;
 use super::report::{QualityRow, Report};
 use crate::stats::{hit_rate, per_engine, summarize};
 use crate::workload::{self, Shape};
+
+/// The header the oracle names its pod in (read by `noop-extproc --pod-header`).
+const ORACLE_HEADER: &str = "x-oracle-pod";
 
 const STRATEGIES: [&str; 5] = [
     "random",
@@ -41,9 +50,33 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     let engines: Vec<_> = stack.engines.iter().map(|e| e.addr()).collect();
 
     let mut rows = Vec::new();
-    // The oracle sends each tenant straight to "its" engine: perfect affinity.
+    // The oracle sends each tenant to "its" engine (perfect affinity) through
+    // the shipped envoy.yaml, a no-op ext_proc server naming that pod.
+    let mut noop_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    for e in &engines {
+        noop_args.extend(["--pod".to_owned(), e.to_string()]);
+    }
+    noop_args.extend(["--pod-header".to_owned(), ORACLE_HEADER.to_owned()]);
+    let noop = Proc::spawn(
+        &binary_dir("release").join("noop-extproc"),
+        &noop_args,
+        "listening on",
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!("steer-quality-{}", std::process::id()));
+    let config = EnvoyConfig::OneWait;
+    let oracle_envoy = Envoy::start(
+        DEFAULT_ENVOY,
+        &render(config, noop.addr())?,
+        &dir,
+        &config.path(),
+    )
+    .await?;
     let jobs = workload::shared_prefix(shape, &["m"], "oracle");
-    let oracle = |job: &workload::Job| engines[job.group % engines.len()];
+    let oracle = |job: &workload::Job| {
+        let pod = engines[job.group % engines.len()].to_string();
+        (oracle_envoy.listener, Some((ORACLE_HEADER, pod)))
+    };
     let outcomes = workload::run(
         &client,
         stack.gateway(),
@@ -53,7 +86,10 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         Some(&oracle),
     )
     .await?;
-    rows.push(row("oracle (warm pod)", &outcomes));
+    rows.push(row("oracle (warm pod, same Envoy)", &outcomes));
+    drop(oracle_envoy);
+    drop(noop);
+    let _ = std::fs::remove_dir_all(&dir);
     for strategy in STRATEGIES {
         let jobs = workload::shared_prefix(shape, &["m"], strategy);
         let headers = [("routing-strategy", strategy.to_owned())];
@@ -61,6 +97,14 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
             workload::run(&client, stack.gateway(), &jobs, concurrency, &headers, None).await?;
         rows.push(row(strategy, &outcomes));
         eprintln!("  quality {strategy}: done");
+    }
+    for kind in [Kind::Vllm, Kind::Sglang] {
+        let peer = peers::start(kind, "cache_aware", &engines, "m").await?;
+        let name = format!("{} cache_aware", kind.name());
+        let jobs = workload::shared_prefix(shape, &["m"], &name);
+        let outcomes = workload::run(&client, peer.addr, &jobs, concurrency, &[], None).await?;
+        rows.push(row(&name, &outcomes));
+        eprintln!("  quality {name}: done");
     }
     let oracle_ttft = rows[0].ttft.mean_us.max(1.0);
     for r in &mut rows {

@@ -10,6 +10,9 @@
 //!
 //! Response phases and trailers, if sent, are answered with continue;
 //! observability-mode messages are never answered.
+//! With `--pod-header NAME`, a request carrying NAME goes to the pod it
+//! names (the bench's prefix oracle through the same Envoy).
+//!
 //! `noop-extproc --listen 127.0.0.1:0 --pod 127.0.0.1:8001 --pod ...`
 
 use std::net::SocketAddr;
@@ -34,17 +37,22 @@ use tonic::{Request, Response, Status, Streaming};
 struct Noop {
     pods: Vec<String>,
     next: AtomicUsize,
+    /// `--pod-header NAME`: a request carrying NAME goes to the pod it names
+    /// (the bench's oracle), others round-robin.
+    pod_header: Option<String>,
 }
 
 impl Noop {
-    fn route(&self) -> CommonResponse {
-        let pod = &self.pods[self.next.fetch_add(1, Ordering::Relaxed) % self.pods.len()];
+    fn route(&self, pinned: Option<&str>) -> CommonResponse {
+        let pod = pinned.unwrap_or_else(|| {
+            &self.pods[self.next.fetch_add(1, Ordering::Relaxed) % self.pods.len()]
+        });
         CommonResponse {
             header_mutation: Some(HeaderMutation {
                 set_headers: vec![HeaderValueOption {
                     header: Some(HeaderValue {
                         key: "target-pod".into(),
-                        raw_value: pod.clone().into_bytes(),
+                        raw_value: pod.as_bytes().to_vec(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -83,9 +91,19 @@ impl Noop {
             // Envoy waits for nothing from an observer: never answered.
             return Vec::new();
         }
+        if let (Msg::RequestHeaders(h), Some(name)) = (&request, &self.pod_header) {
+            stream.pinned = h
+                .headers
+                .iter()
+                .flat_map(|m| &m.headers)
+                .find(|v| v.key == *name)
+                .map(|v| String::from_utf8_lossy(&v.raw_value).into_owned());
+        }
+        let pinned = stream.pinned.clone();
+        let route = || self.route(pinned.as_deref());
         let one = match request {
             Msg::RequestHeaders(h) if h.end_of_stream || stream.no_body => {
-                Reply::RequestHeaders(headers(self.route()))
+                Reply::RequestHeaders(headers(route()))
             }
             Msg::RequestHeaders(_) if stream.hold => return Vec::new(),
             Msg::RequestHeaders(_) => Reply::RequestHeaders(headers(CommonResponse::default())),
@@ -94,7 +112,7 @@ impl Noop {
                 if !b.end_of_stream {
                     return Vec::new();
                 }
-                let mut out = vec![reply(Reply::RequestHeaders(headers(self.route())))];
+                let mut out = vec![reply(Reply::RequestHeaders(headers(route())))];
                 out.extend(
                     (0..std::mem::take(&mut stream.chunks))
                         .map(|_| reply(Reply::RequestBody(body(CommonResponse::default())))),
@@ -102,7 +120,7 @@ impl Noop {
                 stream.hold = false;
                 return out;
             }
-            Msg::RequestBody(b) if b.end_of_stream => Reply::RequestBody(body(self.route())),
+            Msg::RequestBody(b) if b.end_of_stream => Reply::RequestBody(body(route())),
             Msg::RequestBody(_) => Reply::RequestBody(body(CommonResponse::default())),
             Msg::ResponseHeaders(_) => Reply::ResponseHeaders(headers(CommonResponse::default())),
             Msg::ResponseBody(_) => Reply::ResponseBody(body(CommonResponse::default())),
@@ -119,6 +137,7 @@ struct StreamMode {
     hold: bool,
     no_body: bool,
     chunks: usize,
+    pinned: Option<String>,
 }
 
 #[derive(Clone)]
@@ -150,19 +169,23 @@ impl ExternalProcessor for Service {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: noop-extproc --listen ADDR --pod IP:PORT [--pod IP:PORT ...]");
+    eprintln!(
+        "usage: noop-extproc --listen ADDR --pod IP:PORT [--pod IP:PORT ...] [--pod-header NAME]"
+    );
     std::process::exit(2)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse()?;
     let mut pods = Vec::new();
+    let mut pod_header = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().unwrap_or_else(|| usage());
         match arg.as_str() {
             "--listen" => listen = value.parse()?,
             "--pod" => pods.push(value.parse::<SocketAddr>()?.to_string()),
+            "--pod-header" => pod_header = Some(value.to_ascii_lowercase()),
             _ => usage(),
         }
     }
@@ -184,6 +207,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let service = Service(Arc::new(Noop {
             pods,
             next: AtomicUsize::new(0),
+            pod_header,
         }));
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
