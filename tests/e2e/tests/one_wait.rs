@@ -103,20 +103,16 @@ async fn in_flight_lasts_until_the_response_ends_or_the_client_leaves() {
     // 20 ms per token: a 100-token stream lasts ~2 s.
     let stack = Stack::start(stack_opts(1, 20_000)).await.unwrap();
     let (gw, client) = (stack.gateway(), Client::default());
-    // A ~2 s stream that runs to its end.
-    let full = tokio::spawn({
+    // A 100-token chat stream in the background.
+    let spawn_stream = |prompt: &'static str| {
         let client = client.clone();
-        async move {
-            client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body("m", "a", true, 100),
-                )
-                .await
-        }
-    });
+        tokio::spawn(async move {
+            let body = chat_body("m", prompt, true, 100);
+            client.post(gw, "/v1/chat/completions", &[], body).await
+        })
+    };
+    // A ~2 s stream that runs to its end.
+    let full = spawn_stream("a");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         common::in_flight(stack.metrics()).await.0,
@@ -124,19 +120,7 @@ async fn in_flight_lasts_until_the_response_ends_or_the_client_leaves() {
         "counted while the response streams"
     );
     // A second stream whose client hangs up after 500 ms.
-    let left = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .post(
-                    gw,
-                    "/v1/chat/completions",
-                    &[],
-                    chat_body("m", "b", true, 100),
-                )
-                .await
-        }
-    });
+    let left = spawn_stream("b");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(common::in_flight(stack.metrics()).await.0, 2.0);
     left.abort();

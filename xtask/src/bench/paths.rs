@@ -65,16 +65,7 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
     .await?;
     let engines: Vec<SocketAddr> = stack.engines.iter().map(Proc::addr).collect();
     let dir = std::env::temp_dir().join(format!("steer-bench-{}", std::process::id()));
-    let mut noop_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
-    for e in &engines {
-        noop_args.extend(["--pod".to_owned(), e.to_string()]);
-    }
-    let noop = Proc::spawn(
-        &binary_dir("release").join("noop-extproc"),
-        &noop_args,
-        "listening on",
-    )
-    .await?;
+    let noop = spawn_noop(&engines, &[]).await?;
     let shipped = EnvoyConfig::OneWait;
     let start = |doc: Doc, config: EnvoyConfig| {
         let dir = dir.clone();
@@ -140,6 +131,21 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         _noop: noop,
         dir,
     })
+}
+
+/// `noop-extproc` naming `engines` round-robin, with `extra` flags.
+pub async fn spawn_noop(engines: &[SocketAddr], extra: &[&str]) -> Result<Proc> {
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    for e in engines {
+        args.extend(["--pod".to_owned(), e.to_string()]);
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Proc::spawn(
+        &binary_dir("release").join("noop-extproc"),
+        &args,
+        "listening on",
+    )
+    .await
 }
 
 /// Nanoseconds a process has run on a CPU: the sum of every thread's

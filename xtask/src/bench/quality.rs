@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use steer_e2e::envoy::render;
-use steer_e2e::{Client, DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
+use steer_e2e::{Client, DEFAULT_ENVOY, Envoy, EnvoyConfig, Stack, StackOptions};
 
 use super::peers::{self, Kind};
 
@@ -52,17 +52,7 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
     let mut rows = Vec::new();
     // The oracle sends each tenant to "its" engine (perfect affinity) through
     // the shipped envoy.yaml, a no-op ext_proc server naming that pod.
-    let mut noop_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
-    for e in &engines {
-        noop_args.extend(["--pod".to_owned(), e.to_string()]);
-    }
-    noop_args.extend(["--pod-header".to_owned(), ORACLE_HEADER.to_owned()]);
-    let noop = Proc::spawn(
-        &binary_dir("release").join("noop-extproc"),
-        &noop_args,
-        "listening on",
-    )
-    .await?;
+    let noop = super::paths::spawn_noop(&engines, &["--pod-header", ORACLE_HEADER]).await?;
     let dir = std::env::temp_dir().join(format!("steer-quality-{}", std::process::id()));
     let config = EnvoyConfig::OneWait;
     let oracle_envoy = Envoy::start(
