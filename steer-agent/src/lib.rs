@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod discovery;
 pub mod error_chain;

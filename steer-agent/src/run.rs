@@ -37,6 +37,8 @@ pub enum RunError {
     Datapath(#[from] crate::datapath::DatapathError),
     #[error("Kubernetes discovery: {0}")]
     Discovery(#[from] crate::discovery::DiscoveryError),
+    #[error("cannot start the control-plane thread: {0}")]
+    Control(std::io::Error),
 }
 
 /// Settings from the config file (if any) and flags, and the file's bytes.
@@ -63,7 +65,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let datapath_settings = settings.datapath.clone();
     let pools = Arc::new(Pools::new(settings));
     let metrics = Metrics::new(pools.clone());
-    let datapath = Arc::new(Datapath::start(&datapath_settings, &pools)?);
+    // Everything spawned in `control`'s context (or on it) stays off the
+    // ext_proc event loop: the datapath's writers, the scrapers (and every
+    // scrape the applier reconciles later, from tasks on the same runtime),
+    // reloads, discovery and the metrics server.
+    let control = crate::control::start().map_err(RunError::Control)?;
+    let datapath = {
+        let _on_control = control.enter();
+        Arc::new(Datapath::start(&datapath_settings, &pools)?)
+    };
     metrics.register_datapath(&datapath);
     // The agent's state, built once here; each subsystem gets its parts.
     let router = Arc::new(Router::new(pools.clone()));
@@ -80,7 +90,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         metrics.error_counter(ErrorKind::ScrapeFailed),
         engine_models.clone(),
     );
-    scraper.reconcile();
+    {
+        let _on_control = control.enter();
+        scraper.reconcile();
+    }
     let applier = Applier::new(
         pools.clone(),
         router,
@@ -97,7 +110,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let running = pools.snapshot().settings.clone();
         let reload_now = Arc::new(tokio::sync::Notify::new());
         spawn_sighup(reload_now.clone(), true);
-        tokio::spawn(watch_file(
+        control.spawn(watch_file(
             path,
             loaded,
             args.pools.clone(),
@@ -130,7 +143,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     {
         // Engines listing new models (LoRA adapters) change the pools too.
         let applier = applier.clone();
-        tokio::spawn(async move {
+        control.spawn(async move {
             loop {
                 engine_models.changed().await;
                 applier.refresh();
@@ -138,7 +151,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         });
     }
     if args.discovery == DiscoveryMode::Kubernetes {
-        start_discovery(&args, &applier, &metrics).await?;
+        start_discovery(&args, &applier, &metrics, &control).await?;
     }
 
     let tls = TlsFiles::from_parts(
@@ -148,8 +161,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )?
     .map(|files| files.server_config())
     .transpose()?;
-    let admin_listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
+    // Bound here (errors at start-up), served on the control runtime.
+    let admin_listener = std::net::TcpListener::bind(args.metrics_addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| RunError::Bind {
             what: "metrics",
             addr: args.metrics_addr,
@@ -192,8 +206,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     );
     // One machine-readable line for scripts and harnesses (ports may be 0).
     println!("steer-agent listening ext_proc={ext_proc_addr} metrics={metrics_addr}");
-    tokio::spawn(async move {
-        if let Err(error) = serve_admin(admin_listener, admin).await {
+    control.spawn(async move {
+        let served = match tokio::net::TcpListener::from_std(admin_listener) {
+            Ok(listener) => serve_admin(listener, admin).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = served {
             tracing::error!(%error, "metrics server stopped");
         }
     });
@@ -238,10 +256,15 @@ async fn start_discovery(
     args: &RunArgs,
     applier: &Arc<Applier>,
     metrics: &Metrics,
+    control: &tokio::runtime::Handle,
 ) -> Result<(), RunError> {
     use crate::discovery::{self, DiscoveryStats, KubeOptions};
     use crate::telemetry::DiscoveryCollector;
-    let client = discovery::client_from_env().await?;
+    // The client's own tasks (kube's request buffer) live where it is built.
+    let client = control
+        .spawn(discovery::client_from_env())
+        .await
+        .map_err(|e| RunError::Control(std::io::Error::other(e)))??;
     let stats = DiscoveryStats::new();
     if let Err(error) = metrics
         .registry
@@ -259,7 +282,7 @@ async fn start_discovery(
     };
     tracing::info!(?options, "Kubernetes discovery started");
     let applier = applier.clone();
-    tokio::spawn(discovery::run(client, options, stats, move |view| {
+    control.spawn(discovery::run(client, options, stats, move |view| {
         applier.set_discovered(view)
     }));
     Ok(())
