@@ -2,7 +2,7 @@
 //! reloads, the datapath's map writes and `/metrics` rendering run on their
 //! own thread and event loop (linkerd2-proxy's "admin" runtime), so none of
 //! that work ever queues in front of an ext_proc message. The ext_proc event
-//! loop keeps the request path and the prefix recorder only.
+//! loop keeps the request path, the prefix recorder and signal handling.
 
 use tokio::runtime::{Builder, Handle};
 

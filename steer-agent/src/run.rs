@@ -39,6 +39,8 @@ pub enum RunError {
     Discovery(#[from] crate::discovery::DiscoveryError),
     #[error("cannot start the control-plane thread: {0}")]
     Control(std::io::Error),
+    #[error("a control-plane task failed: {0}")]
+    ControlTask(#[from] tokio::task::JoinError),
 }
 
 /// Settings from the config file (if any) and flags, and the file's bytes.
@@ -261,10 +263,7 @@ async fn start_discovery(
     use crate::discovery::{self, DiscoveryStats, KubeOptions};
     use crate::telemetry::DiscoveryCollector;
     // The client's own tasks (kube's request buffer) live where it is built.
-    let client = control
-        .spawn(discovery::client_from_env())
-        .await
-        .map_err(|e| RunError::Control(std::io::Error::other(e)))??;
+    let client = control.spawn(discovery::client_from_env()).await??;
     let stats = DiscoveryStats::new();
     if let Err(error) = metrics
         .registry

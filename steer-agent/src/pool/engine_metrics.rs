@@ -1,6 +1,7 @@
-//! Reads the few engine gauges routing needs from Prometheus text, under
-//! every name vLLM (old and new) and SGLang have used: routers that read only
-//! one name broke when vLLM renamed them.
+//! Reads the few engine gauges routing needs, and the engine's own token
+//! counters, from Prometheus text, under every name vLLM (old and new) and
+//! SGLang have used: routers that read only one name broke when vLLM renamed
+//! them.
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct EngineMetrics {
@@ -8,6 +9,10 @@ pub struct EngineMetrics {
     pub running: Option<u32>,
     /// KV-cache usage in 0..1.
     pub kv_usage: Option<f32>,
+    /// Prompt tokens the engine has processed since it started.
+    pub prompt_tokens: Option<u64>,
+    /// Tokens the engine has generated since it started.
+    pub generation_tokens: Option<u64>,
 }
 
 const WAITING: &[&str] = &[
@@ -25,6 +30,11 @@ const KV_USAGE: &[&str] = &[
     "vllm:gpu_cache_usage_perc",
     "sglang:token_usage",
     "trtllm_kv_cache_utilization",
+];
+const PROMPT_TOKENS: &[&str] = &["vllm:prompt_tokens_total", "sglang:prompt_tokens_total"];
+const GENERATION_TOKENS: &[&str] = &[
+    "vllm:generation_tokens_total",
+    "sglang:generation_tokens_total",
 ];
 
 impl EngineMetrics {
@@ -52,6 +62,10 @@ impl EngineMetrics {
         } else if KV_USAGE.contains(&name) {
             let v = value.clamp(0.0, 1.0) as f32;
             self.kv_usage = Some(self.kv_usage.map_or(v, |old| old.max(v)));
+        } else if PROMPT_TOKENS.contains(&name) {
+            add_u64(&mut self.prompt_tokens, value);
+        } else if GENERATION_TOKENS.contains(&name) {
+            add_u64(&mut self.generation_tokens, value);
         }
     }
 }
@@ -92,6 +106,10 @@ fn add(slot: &mut Option<u32>, v: u32) {
     *slot = Some(slot.unwrap_or(0).saturating_add(v));
 }
 
+fn add_u64(slot: &mut Option<u64>, v: f64) {
+    *slot = Some(slot.unwrap_or(0).saturating_add(v.max(0.0) as u64));
+}
+
 /// `name{labels} value [timestamp]` → (name, value).
 fn sample(line: &str) -> Option<(&str, f64)> {
     let (name, rest) = match line.find('{') {
@@ -121,7 +139,8 @@ mod tests {
             EngineMetrics {
                 waiting: Some(3),
                 running: Some(2),
-                kv_usage: Some(0.25)
+                kv_usage: Some(0.25),
+                ..EngineMetrics::default()
             }
         );
     }
@@ -140,7 +159,8 @@ mod tests {
             EngineMetrics {
                 waiting: Some(4),
                 running: Some(1),
-                kv_usage: Some(0.75)
+                kv_usage: Some(0.75),
+                ..EngineMetrics::default()
             }
         );
     }
@@ -160,6 +180,26 @@ mod tests {
             text.as_bytes().chunks(size).for_each(|c| parser.feed(c));
             assert_eq!(parser.finish(), whole, "chunks of {size}");
         }
+    }
+
+    #[test]
+    fn token_counters_sum_over_models() {
+        let text = "# TYPE vllm:prompt_tokens_total counter\n\
+            vllm:prompt_tokens_total{model_name=\"a\"} 120.0\n\
+            vllm:prompt_tokens_total{model_name=\"b\"} 30\n\
+            vllm:generation_tokens_total{model_name=\"a\"} 16\n\
+            vllm:request_prompt_tokens_sum{model_name=\"a\"} 999\n";
+        let m = EngineMetrics::parse(text);
+        assert_eq!(m.prompt_tokens, Some(150));
+        assert_eq!(m.generation_tokens, Some(16));
+        let sglang = "sglang:prompt_tokens_total{model_name=\"q\"} 7\n\
+            sglang:generation_tokens_total{model_name=\"q\"} 3\n";
+        let m = EngineMetrics::parse(sglang);
+        assert_eq!((m.prompt_tokens, m.generation_tokens), (Some(7), Some(3)));
+        assert_eq!(
+            EngineMetrics::parse("vllm:num_requests_running 1").prompt_tokens,
+            None
+        );
     }
 
     #[test]

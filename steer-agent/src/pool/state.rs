@@ -27,6 +27,9 @@ pub struct EndpointState {
     scrape_failures: AtomicU32,
     /// Kernel (sock_ops) smoothed RTT in µs; 0 until sampled.
     kernel_srtt_us: AtomicU32,
+    /// The engine's own prompt and generation token counters, last scrape.
+    engine_prompt_tokens: AtomicU64,
+    engine_generation_tokens: AtomicU64,
 }
 
 impl EndpointState {
@@ -48,6 +51,8 @@ impl EndpointState {
             rescrape: tokio::sync::Notify::new(),
             scrape_failures: AtomicU32::new(0),
             kernel_srtt_us: AtomicU32::new(0),
+            engine_prompt_tokens: AtomicU64::new(0),
+            engine_generation_tokens: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +105,14 @@ impl EndpointState {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// (prompt, generation) tokens the engine reported, last scrape.
+    pub fn engine_tokens(&self) -> (u64, u64) {
+        (
+            self.engine_prompt_tokens.load(Ordering::Relaxed),
+            self.engine_generation_tokens.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn kv_usage(&self) -> f32 {
         f32::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
     }
@@ -118,6 +131,12 @@ impl EndpointState {
         }
         if let Some(v) = metrics.kv_usage {
             self.kv_usage_bits.store(v.to_bits(), Ordering::Relaxed);
+        }
+        if let Some(v) = metrics.prompt_tokens {
+            self.engine_prompt_tokens.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = metrics.generation_tokens {
+            self.engine_generation_tokens.store(v, Ordering::Relaxed);
         }
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
@@ -177,10 +196,19 @@ mod tests {
             waiting: Some(3),
             running: Some(1),
             kv_usage: Some(0.5),
+            prompt_tokens: Some(40),
+            generation_tokens: Some(8),
         });
         assert!(ep.is_ready());
         assert_eq!(ep.view().waiting, 3);
         assert_eq!(ep.view().kv_usage, 0.5);
+        assert_eq!(ep.engine_tokens(), (40, 8));
+        ep.scrape_succeeded(&EngineMetrics::default());
+        assert_eq!(
+            ep.engine_tokens(),
+            (40, 8),
+            "an engine without counters keeps the last"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct PoolFamilies {
     engine_waiting: IntGaugeVec,
     engine_running: IntGaugeVec,
     kv_usage: GaugeVec,
+    engine_prompt_tokens: IntCounterVec,
+    engine_generation_tokens: IntCounterVec,
     decisions: IntCounterVec,
     prompt_tokens: IntCounterVec,
     completion_tokens: IntCounterVec,
@@ -63,6 +65,16 @@ impl Families<Arc<Pools>> for PoolFamilies {
                 pod,
             )
             .expect("static options are valid"),
+            engine_prompt_tokens: counter(
+                "steer_pod_engine_prompt_tokens_total",
+                "Prompt tokens the engine reports it has processed (its own counter), last scrape.",
+                pod,
+            ),
+            engine_generation_tokens: counter(
+                "steer_pod_engine_generation_tokens_total",
+                "Tokens the engine reports it has generated (its own counter), last scrape.",
+                pod,
+            ),
             decisions: counter(
                 "steer_decisions_total",
                 "Routing decisions by model, pod and strategy.",
@@ -88,6 +100,8 @@ impl Families<Arc<Pools>> for PoolFamilies {
             &self.engine_waiting,
             &self.engine_running,
             &self.kv_usage,
+            &self.engine_prompt_tokens,
+            &self.engine_generation_tokens,
             &self.decisions,
             &self.prompt_tokens,
             &self.completion_tokens,
@@ -114,6 +128,13 @@ impl Families<Arc<Pools>> for PoolFamilies {
             f.kv_usage
                 .with_label_values(&pod)
                 .set(f64::from(ep.kv_usage()));
+            let (prompt, generation) = ep.engine_tokens();
+            f.engine_prompt_tokens
+                .with_label_values(&pod)
+                .inc_by(prompt);
+            f.engine_generation_tokens
+                .with_label_values(&pod)
+                .inc_by(generation);
         }
         for pool in snapshot.models.values() {
             for member in &pool.members {
