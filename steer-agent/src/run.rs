@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 use crate::apply::Applier;
@@ -12,7 +13,7 @@ use crate::cli::{DiscoveryMode, RunArgs};
 use crate::config::{ConfigError, FileConfig, Settings, watch_file};
 use crate::datapath::Datapath;
 use crate::discovery::EngineModels;
-use crate::extproc::{ExtProcService, Shared};
+use crate::extproc::{ExtProcService, FailureLog, Shared};
 use crate::lifecycle::{Shutdown, spawn_sighup};
 use crate::listen::{ListenAddr, ListenError, TlsFiles};
 use crate::overrides::{Overrides, keep_restart_only};
@@ -220,9 +221,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
     // A fixed transport ceiling: `max_body_bytes` can change on reload and is
     // enforced per stream by the agent, with an OpenAI-style 413.
-    let service = ExternalProcessorServer::new(ExtProcService::new(shared))
+    let service = ExternalProcessorServer::new(ExtProcService::new(shared.clone()))
         .max_decoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES);
+    let (drain_logs, logs_draining) = tokio::sync::watch::channel(false);
+    let failures = AccessLogServiceServer::new(FailureLog::new(shared, logs_draining));
     serving.store(true, Ordering::Relaxed);
     let shutdown = Shutdown {
         grace: Duration::from_secs(args.shutdown_grace_seconds),
@@ -233,12 +236,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tls,
         max_streams_per_connection: args.max_streams_per_connection,
     };
-    let server = serve(
-        ext_proc_listener,
-        service,
-        options,
-        shutdown.stop_accepting(serving.clone(), draining.clone()),
-    );
+    let stop = shutdown.stop_accepting(serving.clone(), draining.clone());
+    let server = serve(ext_proc_listener, service, failures, options, async move {
+        stop.await;
+        // Envoy never ends its access-log stream: the agent does.
+        let _ = drain_logs.send(true);
+    });
     tokio::select! {
         result = server => result?,
         _ = shutdown.drain_deadline(draining) => {

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use futures::StreamExt;
 use tonic::transport::{Server, ServerTlsConfig};
 
-use crate::extproc::ExtProcService;
+use crate::extproc::{ExtProcService, FailureLog};
 use crate::listen::{ListenAddr, ListenError, bind_unix};
 
 /// A bound ext_proc listener.
@@ -57,10 +58,12 @@ pub struct ServeOptions {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `service` on `bound` until `signal`, then lets open streams finish.
+/// Serves ext_proc (`service`) and the failure access log (`failures`) on
+/// `bound` until `signal`, then lets open streams finish.
 pub async fn serve(
     bound: Bound,
     service: ExternalProcessorServer<ExtProcService>,
+    failures: AccessLogServiceServer<FailureLog>,
     options: ServeOptions,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ListenError> {
@@ -80,7 +83,7 @@ pub async fn serve(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
-    let router = builder.add_service(service);
+    let router = builder.add_service(service).add_service(failures);
     match bound {
         Bound::Tcp(listener) => {
             // tonic's own tcp_nodelay applies only to listeners it binds itself.

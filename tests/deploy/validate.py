@@ -590,15 +590,54 @@ def envoy_parts(config):
     return hcm, routing[0], clusters
 
 
-def envoy_observers(config):
-    """The ext_proc filters in observability mode (usage accounting)."""
+def observer_filters(config):
+    """The HTTP filter entries of the ext_proc filters in observability mode (usage accounting)."""
     hcm = envoy_parts(config)[0]
-    return [f["typed_config"] for f in hcm["http_filters"]
+    return [f for f in hcm["http_filters"]
             if f.get("typed_config", {}).get("@type") == EXT_PROC_TYPE and f["typed_config"].get("observability_mode")]
 
 
-def check_one_wait(hcm, ext_proc, observers):
-    """envoy.yaml: one wait per request, none on the response, usage through an observer."""
+def envoy_observers(config):
+    """The typed configs of the usage observers."""
+    return [f["typed_config"] for f in observer_filters(config)]
+
+
+GRPC_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+
+
+def status_range(log_filter):
+    """The [low, high] response codes an access-log filter of status_code_filters admits (None if another shape)."""
+    parts = log_filter.get("and_filter", {}).get("filters") or [log_filter]
+    low, high = 0, 999
+    for part in parts:
+        cmp = part.get("status_code_filter", {}).get("comparison")
+        if not cmp:
+            return None
+        value = cmp["value"]["default_value"]
+        op = cmp.get("op", "EQ")
+        if op in ("GE", "EQ"):
+            low = max(low, value)
+        if op in ("LE", "EQ"):
+            high = min(high, value)
+    return low, high
+
+
+def check_failure_log(hcm, ext_proc):
+    """502-504 answers reach the agent over the gRPC access log, at once (pod ejection)."""
+    logs = [a for a in hcm.get("access_log", []) if a.get("typed_config", {}).get("@type") == GRPC_LOG_TYPE]
+    ensure(len(logs) == 1, "expected one gRPC access log to the agent (502-504 answers take pods out of rotation)")
+    log = logs[0]
+    common = log["typed_config"]["common_config"]
+    ensure(common.get("grpc_service", {}).get("envoy_grpc") == {"cluster_name": ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"]},
+           "the failure access log must go to the agent's cluster")
+    ensure(common.get("transport_api_version") == "V3", "the failure access log must speak the V3 API")
+    ensure(common.get("buffer_size_bytes") == 0, "the failure access log must send each entry at once (buffer_size_bytes: 0)")
+    ensure(status_range(log.get("filter", {})) == (502, 504), "the failure access log must log exactly 502-504 answers")
+
+
+def check_one_wait(hcm, ext_proc, observer_entries):
+    """envoy.yaml: one wait per request, none on the response, failures through the access log, usage observer off."""
+    observers = [f["typed_config"] for f in observer_entries]
     mode = ext_proc["processing_mode"]
     ensure(mode.get("request_body_mode") == "STREAMED" and ext_proc.get("send_body_without_waiting_for_header_response") is True,
            "request_body_mode STREAMED with send_body_without_waiting_for_header_response (one wait per request)")
@@ -623,7 +662,10 @@ def check_one_wait(hcm, ext_proc, observers):
         ensure("steer" in obs.get("metadata_options", {}).get("forwarding_namespaces", {}).get("untyped", []),
                "the usage observer must forward `steer` metadata (the pod the tokens belong to)")
         ensure(obs.get("failure_mode_allow") is True, "a failing usage observer must never fail requests")
-    return f"one wait per request, {len(observers)} usage observer(s)"
+    ensure(all(f.get("disabled") is True for f in observer_entries),
+           "the usage observer must be off as shipped (disabled: true): it doubles Envoy's ext_proc streams")
+    check_failure_log(hcm, ext_proc)
+    return f"one wait per request, failure access log, {len(observers)} usage observer(s) off"
 
 
 def check_envoy_semantics(config, facts, full_duplex):
@@ -666,7 +708,7 @@ def check_envoy_semantics(config, facts, full_duplex):
         ensure(mode.get("response_body_mode") == "STREAMED", "response bodies must stream")
         ensure(mode.get("request_body_mode") == "FULL_DUPLEX_STREAMED", "request_body_mode FULL_DUPLEX_STREAMED")
     else:
-        check_one_wait(hcm, ext_proc, envoy_observers(config))
+        check_one_wait(hcm, ext_proc, observer_filters(config))
     for direction in ("request", "response"):
         if mode.get(f"{direction}_body_mode") == "FULL_DUPLEX_STREAMED":
             ensure(mode.get(f"{direction}_trailer_mode") == "SEND",
@@ -1104,6 +1146,19 @@ def main():
         envoy_observers(envoy)[0]["failure_mode_allow"] = False
         run.expect_failure("envoy.yaml whose usage observer can fail requests", check_envoy_semantics,
                            envoy, facts, False)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        del observer_filters(envoy)[0]["disabled"]
+        run.expect_failure("envoy.yaml with the usage observer on by default", check_envoy_semantics,
+                           envoy, facts, False)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        hcm, _, _ = envoy_parts(envoy)
+        hcm["access_log"] = [a for a in hcm["access_log"] if a["typed_config"]["@type"] != GRPC_LOG_TYPE]
+        run.expect_failure("envoy.yaml without the failure access log", check_envoy_semantics, envoy, facts, False)
+        envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
+        hcm, _, _ = envoy_parts(envoy)
+        grpc_log = [a for a in hcm["access_log"] if a["typed_config"]["@type"] == GRPC_LOG_TYPE][0]
+        grpc_log["filter"]["and_filter"]["filters"][1]["status_code_filter"]["comparison"]["value"]["default_value"] = 599
+        run.expect_failure("envoy.yaml logging every 5xx as a pod failure", check_envoy_semantics, envoy, facts, False)
         envoy = copy.deepcopy(envoy_docs["envoy.yaml"])
         envoy["static_resources"]["clusters"][1]["original_dst_lb_config"]["http_header_name"] = "x-target-pod"
         run.expect_failure("ORIGINAL_DST on another header", check_envoy_semantics, envoy, facts, False)

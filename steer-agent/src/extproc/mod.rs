@@ -3,6 +3,7 @@
 
 mod budget;
 mod error;
+mod failures;
 mod headers;
 mod observe;
 mod reply;
@@ -13,5 +14,6 @@ mod tests;
 
 pub use budget::BodyBudget;
 pub use error::RequestError;
+pub use failures::FailureLog;
 pub use server::{ExtProcService, Shared};
 pub use stream::StreamState;

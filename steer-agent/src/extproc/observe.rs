@@ -79,7 +79,7 @@ impl Observer {
 /// The pod the routing reply chose, from its forwarded `steer` metadata
 /// (`pod`, `model`), looked up in the current snapshot. `None` for requests
 /// the agent did not route or a pod that has left its pool since.
-fn routed_member(shared: &Shared, metadata: Option<&Metadata>) -> Option<Member> {
+pub(crate) fn routed_member(shared: &Shared, metadata: Option<&Metadata>) -> Option<Member> {
     let fields = &metadata?.filter_metadata.get(STEER_NAMESPACE)?.fields;
     let text = |key: &str| match fields.get(key)?.kind.as_ref()? {
         Kind::StringValue(s) => Some(s.as_str()),
@@ -98,7 +98,7 @@ fn routed_member(shared: &Shared, metadata: Option<&Metadata>) -> Option<Member>
 /// A routed response's status: a 502–504 (the pod's, or Envoy's own when it
 /// could not reach the pod) takes the pod out of rotation until a scrape
 /// succeeds.
-pub fn upstream_status(shared: &Shared, member: &Member, status: Option<u16>) {
+pub(crate) fn upstream_status(shared: &Shared, member: &Member, status: Option<u16>) {
     if let Some(502..=504) = status {
         shared.metrics.error(ErrorKind::UpstreamFailed);
         if member.endpoint.report_upstream_failure() {

@@ -86,18 +86,14 @@ fn send_config(
     out
 }
 
-/// An observability-mode message carrying `steer` metadata for `pod`.
-fn observe(
-    state: &mut StreamState,
-    request: Request,
-    pod: Option<&str>,
-) -> Vec<ProcessingResponse> {
+/// The `steer` metadata a routing reply sets, for `pod` of model `m`.
+fn steer_metadata_for(pod: &str) -> envoy_types::pb::envoy::config::core::v3::Metadata {
     use envoy_types::pb::envoy::config::core::v3::Metadata;
     use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
-    let metadata = pod.map(|pod| Metadata {
+    Metadata {
         filter_metadata: [(
             "steer".to_owned(),
             Struct {
@@ -111,11 +107,19 @@ fn observe(
         )]
         .into(),
         ..Default::default()
-    });
+    }
+}
+
+/// An observability-mode message carrying `steer` metadata for `pod`.
+fn observe(
+    state: &mut StreamState,
+    request: Request,
+    pod: Option<&str>,
+) -> Vec<ProcessingResponse> {
     let mut out = Vec::new();
     let message = ProcessingRequest {
         request: Some(request),
-        metadata_context: metadata,
+        metadata_context: pod.map(steer_metadata_for),
         observability_mode: true,
         ..Default::default()
     };
@@ -679,4 +683,59 @@ fn headers_that_would_pass_envoys_limit_with_the_routing_headers_get_431() {
     let mut s = StreamState::new(shared());
     let r = send(&mut s, headers(false, &pairs), Some(BodySendMode::Buffered));
     assert_eq!(status(&r[0]), None, "{pairs:?}");
+}
+
+#[test]
+fn a_logged_failure_takes_the_routed_pod_out_and_other_entries_do_not() {
+    use envoy_types::pb::envoy::data::accesslog::v3::{
+        AccessLogCommon, HttpAccessLogEntry, HttpResponseProperties,
+    };
+    let shared = shared();
+    let (_tx, draining) = tokio::sync::watch::channel(false);
+    let log = super::FailureLog::new(shared.clone(), draining);
+    let mut route = StreamState::new(shared.clone());
+    send_held(&mut route, headers(false, &[]));
+    let r = send_held(&mut route, body(CHAT, true));
+    let pod = set_header(&r[0], "target-pod").unwrap().to_owned();
+    let member = route.decision().unwrap().member.clone();
+    let entry = |status: Option<u32>, pod: Option<&str>| HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon {
+            metadata: pod.map(steer_metadata_for),
+            ..Default::default()
+        }),
+        response: Some(HttpResponseProperties {
+            response_code: status
+                .map(|value| envoy_types::pb::google::protobuf::UInt32Value { value }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Not failures, not routed, unknown pods, no status: the pod stays.
+    for e in [
+        entry(Some(200), Some(&pod)),
+        entry(Some(500), Some(&pod)),
+        entry(Some(505), Some(&pod)),
+        entry(None, Some(&pod)),
+        entry(Some(503), None),
+        entry(Some(503), Some("10.9.9.9:1")),
+        HttpAccessLogEntry::default(),
+    ] {
+        log.on_entry(&e);
+        assert!(member.endpoint.is_ready(), "{e:?}");
+    }
+    log.on_entry(&entry(Some(503), Some(&pod)));
+    assert!(!member.endpoint.is_ready());
+    let other = shared
+        .router
+        .pools()
+        .load()
+        .model("m")
+        .unwrap()
+        .members
+        .iter()
+        .find(|m| *m.endpoint.addr_text != *pod)
+        .unwrap()
+        .clone();
+    log.on_entry(&entry(Some(502), Some(&other.endpoint.addr_text)));
+    assert!(!other.endpoint.is_ready(), "502 too");
 }

@@ -3,16 +3,23 @@
 //! SGLang have used: routers that read only one name broke when vLLM renamed
 //! them.
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct EngineMetrics {
     pub waiting: Option<u32>,
     pub running: Option<u32>,
     /// KV-cache usage in 0..1.
     pub kv_usage: Option<f32>,
-    /// Prompt tokens the engine has processed since it started.
-    pub prompt_tokens: Option<u64>,
-    /// Tokens the engine has generated since it started.
-    pub generation_tokens: Option<u64>,
+    /// The engine's own token counters since it started, per model it
+    /// serves (its `model_name` label), in the order first seen.
+    pub tokens: Vec<ModelTokens>,
+}
+
+/// Tokens one engine has processed and generated for one of its models.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelTokens {
+    pub model: Box<str>,
+    pub prompt: u64,
+    pub generation: u64,
 }
 
 const WAITING: &[&str] = &[
@@ -52,7 +59,7 @@ impl EngineMetrics {
         if line.is_empty() || line.starts_with('#') {
             return;
         }
-        let Some((name, value)) = sample(line) else {
+        let Some((name, labels, value)) = sample(line) else {
             return;
         };
         if WAITING.contains(&name) {
@@ -63,10 +70,26 @@ impl EngineMetrics {
             let v = value.clamp(0.0, 1.0) as f32;
             self.kv_usage = Some(self.kv_usage.map_or(v, |old| old.max(v)));
         } else if PROMPT_TOKENS.contains(&name) {
-            add_u64(&mut self.prompt_tokens, value);
+            let slot = self.model_tokens(label(labels, "model_name"));
+            slot.prompt = slot.prompt.saturating_add(value.max(0.0) as u64);
         } else if GENERATION_TOKENS.contains(&name) {
-            add_u64(&mut self.generation_tokens, value);
+            let slot = self.model_tokens(label(labels, "model_name"));
+            slot.generation = slot.generation.saturating_add(value.max(0.0) as u64);
         }
+    }
+
+    fn model_tokens(&mut self, model: &str) -> &mut ModelTokens {
+        let at = match self.tokens.iter().position(|t| &*t.model == model) {
+            Some(at) => at,
+            None => {
+                self.tokens.push(ModelTokens {
+                    model: model.into(),
+                    ..ModelTokens::default()
+                });
+                self.tokens.len() - 1
+            }
+        };
+        &mut self.tokens[at]
     }
 }
 
@@ -106,21 +129,37 @@ fn add(slot: &mut Option<u32>, v: u32) {
     *slot = Some(slot.unwrap_or(0).saturating_add(v));
 }
 
-fn add_u64(slot: &mut Option<u64>, v: f64) {
-    *slot = Some(slot.unwrap_or(0).saturating_add(v.max(0.0) as u64));
-}
-
-/// `name{labels} value [timestamp]` → (name, value).
-fn sample(line: &str) -> Option<(&str, f64)> {
-    let (name, rest) = match line.find('{') {
+/// `name{labels} value [timestamp]` → (name, labels, value).
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
+    let (name, labels, rest) = match line.find('{') {
         Some(open) => {
             let close = line[open..].rfind('}')? + open;
-            (&line[..open], &line[close + 1..])
+            (&line[..open], &line[open + 1..close], &line[close + 1..])
         }
-        None => line.split_once(char::is_whitespace)?,
+        None => {
+            let (name, rest) = line.split_once(char::is_whitespace)?;
+            (name, "", rest)
+        }
     };
     let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    value.is_finite().then_some((name.trim(), value))
+    value.is_finite().then_some((name.trim(), labels, value))
+}
+
+/// The value of `key="..."` in a label set ("" if absent). Engines' model
+/// names carry no escaped quotes in practice; an escaped one ends the value.
+fn label<'a>(labels: &'a str, key: &str) -> &'a str {
+    let mut rest = labels;
+    while let Some(at) = rest.find(key) {
+        let after = &rest[at + key.len()..];
+        let boundary = at == 0 || matches!(rest.as_bytes()[at - 1], b',' | b' ' | b'{');
+        if let (true, Some(value)) = (boundary, after.trim_start().strip_prefix('='))
+            && let Some(value) = value.trim_start().strip_prefix('"')
+        {
+            return value.split('"').next().unwrap_or_default();
+        }
+        rest = after;
+    }
+    ""
 }
 
 #[cfg(test)]
@@ -182,23 +221,34 @@ mod tests {
         }
     }
 
+    fn tokens(model: &str, prompt: u64, generation: u64) -> ModelTokens {
+        ModelTokens {
+            model: model.into(),
+            prompt,
+            generation,
+        }
+    }
+
     #[test]
-    fn token_counters_sum_over_models() {
+    fn token_counters_per_model() {
         let text = "# TYPE vllm:prompt_tokens_total counter\n\
-            vllm:prompt_tokens_total{model_name=\"a\"} 120.0\n\
+            vllm:prompt_tokens_total{engine=\"0\",model_name=\"a\"} 120.0\n\
             vllm:prompt_tokens_total{model_name=\"b\"} 30\n\
+            vllm:prompt_tokens_total{engine=\"1\",model_name=\"a\"} 5\n\
             vllm:generation_tokens_total{model_name=\"a\"} 16\n\
             vllm:request_prompt_tokens_sum{model_name=\"a\"} 999\n";
         let m = EngineMetrics::parse(text);
-        assert_eq!(m.prompt_tokens, Some(150));
-        assert_eq!(m.generation_tokens, Some(16));
-        let sglang = "sglang:prompt_tokens_total{model_name=\"q\"} 7\n\
-            sglang:generation_tokens_total{model_name=\"q\"} 3\n";
+        assert_eq!(m.tokens, vec![tokens("a", 125, 16), tokens("b", 30, 0)]);
+        let sglang = "sglang:prompt_tokens_total{model_name=\"q\", tp_rank=\"0\"} 7\n\
+            sglang:generation_tokens_total{model_name=\"q\",tp_rank=\"0\"} 3\n\
+            sglang:generation_tokens_total 4\n\
+            sglang:generation_tokens_total{served_model_name=\"z\"} 1\n";
         let m = EngineMetrics::parse(sglang);
-        assert_eq!((m.prompt_tokens, m.generation_tokens), (Some(7), Some(3)));
-        assert_eq!(
-            EngineMetrics::parse("vllm:num_requests_running 1").prompt_tokens,
-            None
+        assert_eq!(m.tokens, vec![tokens("q", 7, 3), tokens("", 0, 5)]);
+        assert!(
+            EngineMetrics::parse("vllm:num_requests_running 1")
+                .tokens
+                .is_empty()
         );
     }
 

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::routing::{PodView, Strategy};
 
-use super::EngineMetrics;
+use arc_swap::ArcSwap;
+
+use super::{EngineMetrics, ModelTokens};
 
 #[derive(Debug)]
 pub struct EndpointState {
@@ -27,9 +29,8 @@ pub struct EndpointState {
     scrape_failures: AtomicU32,
     /// Kernel (sock_ops) smoothed RTT in µs; 0 until sampled.
     kernel_srtt_us: AtomicU32,
-    /// The engine's own prompt and generation token counters, last scrape.
-    engine_prompt_tokens: AtomicU64,
-    engine_generation_tokens: AtomicU64,
+    /// The engine's own token counters per model, last scrape that had them.
+    engine_tokens: ArcSwap<Vec<ModelTokens>>,
 }
 
 impl EndpointState {
@@ -51,8 +52,7 @@ impl EndpointState {
             rescrape: tokio::sync::Notify::new(),
             scrape_failures: AtomicU32::new(0),
             kernel_srtt_us: AtomicU32::new(0),
-            engine_prompt_tokens: AtomicU64::new(0),
-            engine_generation_tokens: AtomicU64::new(0),
+            engine_tokens: ArcSwap::default(),
         }
     }
 
@@ -105,12 +105,9 @@ impl EndpointState {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// (prompt, generation) tokens the engine reported, last scrape.
-    pub fn engine_tokens(&self) -> (u64, u64) {
-        (
-            self.engine_prompt_tokens.load(Ordering::Relaxed),
-            self.engine_generation_tokens.load(Ordering::Relaxed),
-        )
+    /// The token counters the engine reported per model, last scrape.
+    pub fn engine_tokens(&self) -> Arc<Vec<ModelTokens>> {
+        self.engine_tokens.load_full()
     }
 
     pub fn kv_usage(&self) -> f32 {
@@ -132,11 +129,8 @@ impl EndpointState {
         if let Some(v) = metrics.kv_usage {
             self.kv_usage_bits.store(v.to_bits(), Ordering::Relaxed);
         }
-        if let Some(v) = metrics.prompt_tokens {
-            self.engine_prompt_tokens.store(v, Ordering::Relaxed);
-        }
-        if let Some(v) = metrics.generation_tokens {
-            self.engine_generation_tokens.store(v, Ordering::Relaxed);
+        if !metrics.tokens.is_empty() {
+            self.engine_tokens.store(Arc::new(metrics.tokens.clone()));
         }
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
@@ -196,17 +190,24 @@ mod tests {
             waiting: Some(3),
             running: Some(1),
             kv_usage: Some(0.5),
-            prompt_tokens: Some(40),
-            generation_tokens: Some(8),
+            tokens: vec![ModelTokens {
+                model: "m".into(),
+                prompt: 40,
+                generation: 8,
+            }],
         });
         assert!(ep.is_ready());
         assert_eq!(ep.view().waiting, 3);
         assert_eq!(ep.view().kv_usage, 0.5);
-        assert_eq!(ep.engine_tokens(), (40, 8));
+        let counted = |ep: &EndpointState| {
+            let t = ep.engine_tokens();
+            (t.len(), t[0].prompt, t[0].generation)
+        };
+        assert_eq!(counted(&ep), (1, 40, 8));
         ep.scrape_succeeded(&EngineMetrics::default());
         assert_eq!(
-            ep.engine_tokens(),
-            (40, 8),
+            counted(&ep),
+            (1, 40, 8),
             "an engine without counters keeps the last"
         );
     }

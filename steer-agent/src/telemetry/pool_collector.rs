@@ -67,13 +67,13 @@ impl Families<Arc<Pools>> for PoolFamilies {
             .expect("static options are valid"),
             engine_prompt_tokens: counter(
                 "steer_pod_engine_prompt_tokens_total",
-                "Prompt tokens the engine reports it has processed (its own counter), last scrape.",
-                pod,
+                "Prompt tokens the engine reports it has processed, per pod and the engine's model_name (its own counter, last scrape).",
+                model_pod,
             ),
             engine_generation_tokens: counter(
                 "steer_pod_engine_generation_tokens_total",
-                "Tokens the engine reports it has generated (its own counter), last scrape.",
-                pod,
+                "Tokens the engine reports it has generated, per pod and the engine's model_name (its own counter, last scrape).",
+                model_pod,
             ),
             decisions: counter(
                 "steer_decisions_total",
@@ -82,12 +82,12 @@ impl Families<Arc<Pools>> for PoolFamilies {
             ),
             prompt_tokens: counter(
                 "steer_prompt_tokens_total",
-                "Prompt tokens reported by responses.",
+                "Prompt tokens reported by responses, as seen by the usage observer (off in the shipped Envoy config).",
                 model_pod,
             ),
             completion_tokens: counter(
                 "steer_completion_tokens_total",
-                "Completion tokens reported by responses.",
+                "Completion tokens reported by responses, as seen by the usage observer (off in the shipped Envoy config).",
                 model_pod,
             ),
         }
@@ -128,13 +128,15 @@ impl Families<Arc<Pools>> for PoolFamilies {
             f.kv_usage
                 .with_label_values(&pod)
                 .set(f64::from(ep.kv_usage()));
-            let (prompt, generation) = ep.engine_tokens();
-            f.engine_prompt_tokens
-                .with_label_values(&pod)
-                .inc_by(prompt);
-            f.engine_generation_tokens
-                .with_label_values(&pod)
-                .inc_by(generation);
+            for t in ep.engine_tokens().iter() {
+                let labels = [&*t.model, pod[0]];
+                f.engine_prompt_tokens
+                    .with_label_values(&labels)
+                    .inc_by(t.prompt);
+                f.engine_generation_tokens
+                    .with_label_values(&labels)
+                    .inc_by(t.generation);
+            }
         }
         for pool in snapshot.models.values() {
             for member in &pool.members {

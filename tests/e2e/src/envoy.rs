@@ -31,7 +31,8 @@ pub type Doc = Value;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EnvoyConfig {
     /// `envoy.yaml`: one wait per request (request body STREAMED, sent
-    /// without waiting for the headers reply) and a usage observer.
+    /// without waiting for the headers reply), a failure access log and a
+    /// usage observer that is off unless turned on.
     #[default]
     OneWait,
     /// `envoy-full-duplex.yaml`: request body FULL_DUPLEX_STREAMED.
@@ -134,22 +135,32 @@ fn is_observer(filter: &Value) -> bool {
     is_ext_proc(filter) && filter["typed_config"]["observability_mode"].as_bool() == Some(true)
 }
 
-/// `doc` without its usage observer: the routing filter alone (usage
-/// accounting off, as the README describes).
-pub fn without_usage_observer(mut doc: Value) -> Result<Value> {
+/// `doc` with its usage observer turned on (the README's switch: the
+/// observer filter's `disabled: true` deleted).
+pub fn with_usage_observer(mut doc: Value) -> Result<Value> {
+    let mut found = false;
     for http in http_filters_mut(&mut doc)? {
-        http.retain(|f| !is_observer(f));
+        for filter in http.iter_mut().filter(|f| is_observer(f)) {
+            filter
+                .as_mapping_mut()
+                .context("observer filter")?
+                .remove("disabled");
+            found = true;
+        }
     }
+    anyhow::ensure!(found, "the config has no usage observer");
     Ok(doc)
 }
 
-/// The headers-only protocol floor: `doc` without its usage observer and with
-/// the routing filter sending no body (request_body_mode NONE), so the server
-/// routes from the headers reply alone.
-pub fn headers_only(doc: Value) -> Result<Value> {
-    let mut doc = without_usage_observer(doc)?;
+/// The headers-only protocol floor: `doc` with the routing filter sending no
+/// body (request_body_mode NONE), so the server routes from the headers
+/// reply alone.
+pub fn headers_only(mut doc: Value) -> Result<Value> {
     for http in http_filters_mut(&mut doc)? {
-        for filter in http.iter_mut().filter(|f| is_ext_proc(f)) {
+        for filter in http
+            .iter_mut()
+            .filter(|f| is_ext_proc(f) && !is_observer(f))
+        {
             let config = filter["typed_config"]
                 .as_mapping_mut()
                 .context("ext_proc typed_config")?;

@@ -214,6 +214,8 @@ pub struct StackOptions {
     /// Which shipped Envoy bootstrap, on which Envoy version (default: the newest).
     pub envoy_config: crate::EnvoyConfig,
     pub envoy_version: Option<&'static str>,
+    /// Turn on the shipped config's per-request usage observer (off as shipped).
+    pub usage_observer: bool,
     /// `--max-streams-per-connection` for the agent and the same bound in
     /// Envoy's `steer_ext_proc` cluster (default: as shipped).
     pub max_streams_per_connection: Option<u32>,
@@ -342,6 +344,9 @@ impl Stack {
         )
         .await?;
         let mut doc = crate::envoy::render(opts.envoy_config, agent.addrs[0])?;
+        if opts.usage_observer {
+            doc = crate::envoy::with_usage_observer(doc)?;
+        }
         if let Some(path) = &socket {
             crate::transport::use_unix_socket(&mut doc, path)?;
         }

@@ -33,7 +33,11 @@ async fn routing(version: &'static str) {
 }
 
 async fn streaming(version: &'static str) {
-    let stack = stack_on(version, EnvoyConfig::OneWait).await;
+    let mut opts = common::opts(&["qwen", "qwen"], "round-robin");
+    opts.envoy_version = Some(version);
+    // The usage observer, turned on, works on every version.
+    opts.usage_observer = true;
+    let stack = Stack::start(opts).await.expect("stack starts");
     let reply = Client::default()
         .post(
             stack.gateway(),

@@ -1,7 +1,7 @@
 //! The shipped `envoy.yaml` makes Envoy wait on the agent once per request
 //! and never on the response, while in-flight counts stay exact and usage is
-//! still counted (issue #10). Everything is read from real Envoy's counters
-//! and the agent's metrics.
+//! still counted per pod and model (issue #10). Everything is read from real
+//! Envoy's counters and the agent's metrics.
 
 mod common;
 
@@ -41,12 +41,10 @@ async fn counters(stack: &Stack) -> Counters {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_waits_once_per_request_and_never_on_the_response() {
-    // 2 ms per token: SSE chunks leave the engine one by one.
-    let stack = Stack::start(stack_opts(2, 2_000)).await.unwrap();
+/// A JSON chat (5 tokens) and an SSE chat (30 tokens, one chunk each), and
+/// the pods they went to.
+async fn json_and_sse(stack: &Stack) -> (String, String) {
     let client = Client::default();
-    let before = counters(&stack).await;
     // Non-streaming: the body fits one chunk on this loopback connection.
     let reply = client
         .post(
@@ -58,10 +56,9 @@ async fn envoy_waits_once_per_request_and_never_on_the_response() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let target = reply.header("target-pod").unwrap().to_owned();
+    let json_pod = reply.header("target-pod").unwrap().to_owned();
     assert_eq!(reply.header("x-steer-strategy"), Some("least-request"));
-    assert!(stack.engine_index(&target).is_some());
-    // SSE: 30 response chunks.
+    assert!(stack.engine_index(&json_pod).is_some());
     let sse = client
         .post(
             stack.gateway(),
@@ -73,21 +70,80 @@ async fn envoy_waits_once_per_request_and_never_on_the_response() {
         .unwrap();
     assert_eq!(sse.status, 200);
     assert!(sse.frames >= 10, "{} frames", sse.frames);
+    assert!(sse.text().trim_end().ends_with("data: [DONE]"));
+    (json_pod, sse.header("target-pod").unwrap().to_owned())
+}
+
+/// The routing filter: one stream per request; headers and the body chunks
+/// (one or two each here), all answered. The headers reply waited for the
+/// body's end: had Envoy waited on it before sending the body, the request
+/// would have timed out. None of the 30+ response chunks reached it.
+fn assert_one_wait_each(before: &Counters, after: &Counters, requests: u64) {
+    let sent = after.decision_sent - before.decision_sent;
+    assert_eq!(after.decision_streams - before.decision_streams, requests);
+    assert!(
+        (2 * requests..=4 * requests).contains(&sent),
+        "{sent} messages for {requests} requests"
+    );
+    assert_eq!(after.decision_received - before.decision_received, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_waits_once_per_request_and_never_on_the_response() {
+    // 2 ms per token: SSE chunks leave the engine one by one.
+    let stack = Stack::start(stack_opts(2, 2_000)).await.unwrap();
+    let before = counters(&stack).await;
+    let (json_pod, sse_pod) = json_and_sse(&stack).await;
+    let after = counters(&stack).await;
+    assert_one_wait_each(&before, &after, 2);
+    assert_eq!(
+        (after.usage_streams, after.usage_sent),
+        (0, 0),
+        "the usage observer is off as shipped"
+    );
+    // Usage per pod and model, from the engines' own counters: exact for
+    // JSON and SSE responses alike, at the next scrape.
+    let want =
+        |pod: &str| f64::from(5 * u32::from(pod == json_pod) + 30 * u32::from(pod == sse_pod));
+    let pods: Vec<String> = stack.engines.iter().map(|e| e.addr().to_string()).collect();
+    let client = Client::default();
+    let counted = common::eventually(5, || async {
+        let text = client.metrics(stack.metrics()).await.unwrap_or_default();
+        pods.iter().all(|pod| {
+            let generated = metric_value(
+                &text,
+                "steer_pod_engine_generation_tokens_total",
+                &[("model", "m"), ("pod", pod)],
+            );
+            let prompt = metric_value(
+                &text,
+                "steer_pod_engine_prompt_tokens_total",
+                &[("model", "m"), ("pod", pod)],
+            );
+            generated == Some(want(pod)) && (want(pod) == 0.0 || prompt > Some(0.0))
+        })
+    })
+    .await;
+    let text = client.metrics(stack.metrics()).await.unwrap();
+    assert!(counted, "engine token counters per pod: {text}");
+    common::assert_idle(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_observer_when_turned_on_is_never_waited_on() {
+    let mut opts = stack_opts(2, 2_000);
+    opts.usage_observer = true;
+    let stack = Stack::start(opts).await.unwrap();
+    let before = counters(&stack).await;
+    let (json_pod, sse_pod) = json_and_sse(&stack).await;
     let usage_ready = common::eventually(5, || async {
         counters(&stack).await.usage_sent >= before.usage_sent + 2 + 2
     })
     .await;
     assert!(usage_ready, "the observer saw both responses");
     let after = counters(&stack).await;
-    // Routing filter: one stream per request; headers and the body chunks
-    // (one or two each here), all answered. The headers reply waited for the
-    // body's end: had Envoy waited on it before sending the body, the request
-    // would have timed out. None of the 30+ response chunks reached it.
-    let sent = after.decision_sent - before.decision_sent;
-    assert_eq!(after.decision_streams - before.decision_streams, 2);
-    assert!((4..=8).contains(&sent), "{sent} messages for 2 requests");
-    assert_eq!(after.decision_received - before.decision_received, sent);
-    // Usage observer: sees response headers and every chunk, answers none,
+    assert_one_wait_each(&before, &after, 2);
+    // The observer sees response headers and every chunk and answers none,
     // so Envoy never waits for it.
     assert_eq!(after.usage_streams - before.usage_streams, 2);
     assert!(
@@ -95,6 +151,25 @@ async fn envoy_waits_once_per_request_and_never_on_the_response() {
         "headers and chunks of both responses"
     );
     assert_eq!(after.usage_received, before.usage_received);
+    // It credits each response's own usage to the pod and model it went to.
+    let text = Client::default().metrics(stack.metrics()).await.unwrap();
+    let completion = |pod: &str| {
+        metric_value(
+            &text,
+            "steer_completion_tokens_total",
+            &[("model", "m"), ("pod", pod)],
+        )
+        .unwrap_or(0.0)
+    };
+    if json_pod == sse_pod {
+        assert_eq!(completion(&json_pod), 35.0, "{text}");
+    } else {
+        assert_eq!(
+            (completion(&json_pod), completion(&sse_pod)),
+            (5.0, 30.0),
+            "{text}"
+        );
+    }
     common::assert_idle(&stack).await;
 }
 
@@ -136,16 +211,4 @@ async fn in_flight_lasts_until_the_response_ends_or_the_client_leaves() {
     assert_eq!(reply.status, 200);
     assert!(reply.text().trim_end().ends_with("data: [DONE]"));
     common::assert_idle(&stack).await;
-    // Usage of the completed stream was counted for its pod and model.
-    let target = reply.header("target-pod").unwrap().to_owned();
-    let counted = common::eventually(2, || async {
-        let text = client.metrics(stack.metrics()).await.unwrap_or_default();
-        metric_value(
-            &text,
-            "steer_completion_tokens_total",
-            &[("model", "m"), ("pod", &target)],
-        ) == Some(100.0)
-    })
-    .await;
-    assert!(counted, "100 completion tokens counted");
 }

@@ -130,6 +130,8 @@ async fn every_error_is_an_openai_error_with_the_right_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_passes_through_and_usage_is_counted() {
     let mut opts = common::opts(&["m"], "least-request");
+    // Per-response usage needs the observer (off as shipped).
+    opts.usage_observer = true;
     opts.engines[0].1 = [
         "--decode-us-per-token",
         "2000",

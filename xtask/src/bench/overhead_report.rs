@@ -11,7 +11,7 @@ const PATHS: [&str; 9] = [
     "floor-headers",
     "floor-one-wait",
     "steer",
-    "steer-no-usage",
+    "steer-observer",
     "steer-duplex",
     "vllm-router",
     "sglang-router",
@@ -32,12 +32,12 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
     );
     md.push_str(
         "Paths: **direct** = client → engine; **envoy** = plain Envoy (shipped `envoy.yaml` without \
-         ext_proc, round-robin cluster); **floor-headers** = `envoy.yaml` sending no body and no \
-         usage observer ⇄ a no-op ext_proc server that routes in its headers reply; \
-         **floor-one-wait** = `envoy.yaml` without the usage observer ⇄ the no-op server holding \
-         its headers reply until the body ends (the floor Steer is judged against); **steer** = \
-         shipped `envoy.yaml` (usage observer included) ⇄ steer-agent; **steer-no-usage** = \
-         `envoy.yaml` without the usage observer ⇄ steer-agent; **steer-duplex** = shipped \
+         ext_proc, round-robin cluster); **floor-headers** = `envoy.yaml` sending no body ⇄ a \
+         no-op ext_proc server that routes in its headers reply; **floor-one-wait** = shipped \
+         `envoy.yaml` ⇄ the no-op server holding its headers reply until the body ends (the floor \
+         Steer is judged against); **steer** = shipped `envoy.yaml` ⇄ steer-agent; \
+         **steer-observer** = `envoy.yaml` with its usage observer turned on ⇄ steer-agent; \
+         **steer-duplex** = shipped \
          `envoy-full-duplex.yaml` ⇄ steer-agent; **vllm-router**, **sglang-router** = the peer \
          routers (PyPI, pinned) in place of Envoy, round_robin (their CPU is in the Envoy column). \
          Each figure is the median over interleaved \
@@ -65,14 +65,14 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             row(|p| p.req_per_s),
         );
     }
-    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-no-usage / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-no-usage | ext_proc CPU µs/req: floor-one-wait / steer / steer-no-usage |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-observer / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-observer | ext_proc CPU µs/req: floor-one-wait / steer / steer-observer |\n|---|---|---|---|---|---|---|---|---|\n");
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
         let (
             Some(envoy),
             Some(headers),
             Some(floor),
             Some(steer),
-            Some(no_usage),
+            Some(observer),
             Some(duplex),
             Some(vllm),
         ) = (
@@ -80,7 +80,7 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             c.path("floor-headers"),
             c.path("floor-one-wait"),
             c.path("steer"),
-            c.path("steer-no-usage"),
+            c.path("steer-observer"),
             c.path("steer-duplex"),
             c.path("vllm-router"),
         )
@@ -99,7 +99,7 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             "| {} | **{}** | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
             c.case,
             pair(steer, floor),
-            pair(no_usage, floor),
+            pair(observer, floor),
             pair(floor, headers),
             pair(steer, envoy),
             pair(duplex, floor),
@@ -107,10 +107,10 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             envoy.envoy_cpu_us_per_request,
             floor.envoy_cpu_us_per_request,
             steer.envoy_cpu_us_per_request,
-            no_usage.envoy_cpu_us_per_request,
+            observer.envoy_cpu_us_per_request,
             floor.ext_proc_cpu_us_per_request,
             steer.ext_proc_cpu_us_per_request,
-            no_usage.ext_proc_cpu_us_per_request,
+            observer.ext_proc_cpu_us_per_request,
         );
     }
     for c in cases.iter().filter(|c| c.stream_tokens > 0) {

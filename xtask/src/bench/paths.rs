@@ -4,15 +4,15 @@
 //! - `direct`: client → engine (round-robin over the engines by the client);
 //! - `envoy`: plain Envoy, the shipped `envoy.yaml` without its ext_proc
 //!   filters and with a round-robin cluster over the engines;
-//! - `floor-headers`: `envoy.yaml` with no body sent and no usage observer ⇄
-//!   `noop-extproc`, which names a pod round-robin in its headers reply (what
-//!   one ext_proc stream per request costs Envoy);
-//! - `floor-one-wait`: `envoy.yaml` without the usage observer ⇄
-//!   `noop-extproc` in the one-wait mode (holds the headers reply until the
-//!   body ends, then answers it with a pod and every body chunk): the floor
-//!   the agent is judged against;
-//! - `steer`: the shipped `envoy.yaml` (usage observer included) ⇄ steer-agent;
-//! - `steer-no-usage`: `envoy.yaml` without the usage observer ⇄ the same agent;
+//! - `floor-headers`: `envoy.yaml` with no body sent ⇄ `noop-extproc`, which
+//!   names a pod round-robin in its headers reply (what one ext_proc stream
+//!   per request costs Envoy);
+//! - `floor-one-wait`: the shipped `envoy.yaml` ⇄ `noop-extproc` in the
+//!   one-wait mode (holds the headers reply until the body ends, then answers
+//!   it with a pod and every body chunk): the floor the agent is judged against;
+//! - `steer`: the shipped `envoy.yaml` ⇄ steer-agent;
+//! - `steer-observer`: `envoy.yaml` with its usage observer turned on ⇄ the
+//!   same agent (what per-request usage accounting costs);
 //! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent;
 //! - `vllm-router`, `sglang-router`: the peer routers ([`super::peers`]),
 //!   round_robin, in place of Envoy (their CPU is reported as the proxy's).
@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use steer_e2e::envoy::{Doc, headers_only, render, without_ext_proc, without_usage_observer};
+use steer_e2e::envoy::{Doc, headers_only, render, with_usage_observer, without_ext_proc};
 use steer_e2e::{DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
 
 use super::peers::{Kind, Peer};
@@ -77,13 +77,9 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
     )
     .await?;
     let floor_headers = start(headers_only(render(shipped, noop.addr())?)?, shipped).await?;
-    let floor_one_wait = start(
-        without_usage_observer(render(shipped, noop.addr())?)?,
-        shipped,
-    )
-    .await?;
-    let no_usage = start(
-        without_usage_observer(render(shipped, stack.ext_proc())?)?,
+    let floor_one_wait = start(render(shipped, noop.addr())?, shipped).await?;
+    let observer = start(
+        with_usage_observer(render(shipped, stack.ext_proc())?)?,
         shipped,
     )
     .await?;
@@ -108,7 +104,7 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         through("floor-headers", &floor_headers, noop.pid()),
         through("floor-one-wait", &floor_one_wait, noop.pid()),
         through("steer", &stack.envoy, agent),
-        through("steer-no-usage", &no_usage, agent),
+        through("steer-observer", &observer, agent),
         through("steer-duplex", &duplex_envoy, agent),
     ];
     let mut peers = Vec::new();
@@ -126,7 +122,7 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         paths,
         envoy_version: stack.envoy.version.clone(),
         _stack: stack,
-        _extra_envoys: vec![plain, floor_headers, floor_one_wait, no_usage, duplex_envoy],
+        _extra_envoys: vec![plain, floor_headers, floor_one_wait, observer, duplex_envoy],
         _peers: peers,
         _noop: noop,
         dir,
