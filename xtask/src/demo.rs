@@ -131,11 +131,24 @@ async fn demo(keep_running: bool) -> Result<()> {
     let streams = stat("http.openai.ext_proc.streams_started");
     println!(
         "Envoy {}: {streams} routing streams (one wait each: {:.1} messages sent per request, all answered when the body ends), \
-         {} usage-observer messages never waited on, {} upstream requests",
+         {} upstream requests",
         stack.envoy.version,
         stat("http.openai.ext_proc.stream_msgs_sent") as f64 / streams.max(1) as f64,
-        stat("http.openai.ext_proc.usage.stream_msgs_sent"),
         stat("cluster.engine_pods.upstream_rq_total"),
+    );
+    // The engines' counters as of the agent's last scrape.
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    println!(
+        "usage from the engines' own counters (steer_pod_engine_*_tokens_total, per pod and model): \
+         {:.0} prompt, {:.0} generated tokens",
+        total("steer_pod_engine_prompt_tokens_total"),
+        total("steer_pod_engine_generation_tokens_total"),
     );
     println!("\nWhere to look:");
     println!(

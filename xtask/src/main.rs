@@ -31,7 +31,7 @@ enum Command {
     Setup,
     /// Setup, format and lint checks, then every test.
     Test,
-    /// Start 4 mock engines + agent + Envoy stand-in, route a mixed workload
+    /// Start 4 mock engines + agent + real Envoy, route a mixed workload
     /// with every strategy, print a summary, stop.
     Demo {
         /// Keep everything running after the summary until Ctrl-C.
