@@ -1,12 +1,14 @@
 //! The response side of a request, off Envoy's critical path.
 //!
 //! The shipped configs skip the response phases on the routing filter (Envoy
-//! never waits on them) and run a second ext_proc filter in
-//! `observability_mode`: Envoy sends it the response headers and body and
-//! waits for nothing. Its messages carry the routing reply's `steer` metadata
-//! (forwarded by Envoy), which names the pod and model the tokens belong to.
-//! The agent never answers an observer; it ends the stream itself once the
-//! response has ended, so Envoy holds no observer stream open.
+//! never waits on them). `envoy.yaml` carries a second ext_proc filter in
+//! `observability_mode`, off unless turned on: Envoy then sends it the
+//! response headers and body and waits for nothing. Its messages carry the
+//! routing reply's `steer` metadata (forwarded by Envoy), which names the pod
+//! and model the tokens belong to. The agent never answers an observer; it
+//! ends the stream itself once the response has ended, so Envoy holds no
+//! observer stream open. Failed responses reach the agent either way, through
+//! the access log ([`super::failures`]).
 //!
 //! The same accounting serves configs that send response phases to the
 //! routing filter ([`upstream_status`], [`count_usage`]).

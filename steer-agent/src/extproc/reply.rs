@@ -83,8 +83,8 @@ pub fn streamed_body(phase: Phase, body: Vec<u8>, end_of_stream: bool) -> Proces
 /// The routing decision: destination headers, route cache cleared so the
 /// route is re-picked on `X-Gateway-Model-Name`, the Inference Extension's
 /// `envoy.lb` metadata, and the agent's own `steer` metadata (pod, model,
-/// strategy), which the shipped Envoy configs echo on the response and forward
-/// to the usage observer.
+/// strategy), which the shipped Envoy configs echo on the response, log with
+/// failed responses and forward to the usage observer.
 pub fn route(phase: Phase, headers: &[(&str, &str)], steer: &SteerMeta<'_>) -> ProcessingResponse {
     let mut reply = response(wrap(
         phase,
@@ -106,8 +106,8 @@ pub struct SteerMeta<'a> {
     pub strategy: &'a str,
 }
 
-/// The `steer` namespace and its keys, as the shipped configs reference them
-/// (`%DYNAMIC_METADATA(steer:strategy)%`).
+/// The `steer` namespace, as the shipped configs reference it
+/// (`%DYNAMIC_METADATA(steer:strategy)%`); its keys are [`SteerMeta`]'s fields.
 pub const STEER_NAMESPACE: &str = "steer";
 
 fn metadata(steer: &SteerMeta<'_>) -> Struct {
