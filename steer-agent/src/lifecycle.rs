@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Installs the SIGHUP handler now; each SIGHUP wakes `reload_now`.
 pub fn spawn_sighup(reload_now: Arc<Notify>, has_config: bool) {
@@ -42,8 +42,8 @@ pub struct Shutdown {
 impl Shutdown {
     /// Resolves when the agent must stop accepting: SIGTERM (or Ctrl-C),
     /// then `serving` cleared (`/readyz` 503) and the grace period served.
-    /// `draining` is notified at that point.
-    pub async fn stop_accepting(self, serving: Arc<AtomicBool>, draining: Arc<Notify>) {
+    /// `draining` turns true at that point.
+    pub async fn stop_accepting(self, serving: Arc<AtomicBool>, draining: watch::Sender<bool>) {
         let mut term = match signal(SignalKind::terminate()) {
             Ok(term) => Some(term),
             Err(error) => {
@@ -70,12 +70,15 @@ impl Shutdown {
             drain_seconds = self.drain.as_secs(),
             "no longer accepting connections; draining open streams"
         );
-        draining.notify_one();
+        draining.send_replace(true);
     }
 
-    /// Resolves once the drain deadline passed after `draining`.
-    pub async fn drain_deadline(self, draining: Arc<Notify>) {
-        draining.notified().await;
+    /// Resolves once the drain deadline passed after `draining` turned true.
+    pub async fn drain_deadline(self, mut draining: watch::Receiver<bool>) {
+        // A dropped sender means no drain ever starts.
+        if draining.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(self.drain).await;
     }
 }

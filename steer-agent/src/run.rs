@@ -224,27 +224,29 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let service = ExternalProcessorServer::new(ExtProcService::new(shared.clone()))
         .max_decoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(crate::config::MAX_GRPC_MESSAGE_BYTES);
-    let (drain_logs, logs_draining) = tokio::sync::watch::channel(false);
-    let failures = AccessLogServiceServer::new(FailureLog::new(shared, logs_draining));
+    // Turns true when the agent stops accepting: starts the drain deadline
+    // and ends Envoy's access-log streams (Envoy never ends them itself).
+    let (draining, drain_started) = tokio::sync::watch::channel(false);
+    let failures = AccessLogServiceServer::new(FailureLog::new(shared, drain_started.clone()));
     serving.store(true, Ordering::Relaxed);
     let shutdown = Shutdown {
         grace: Duration::from_secs(args.shutdown_grace_seconds),
         drain: Duration::from_secs(args.drain_timeout_seconds),
     };
-    let draining = Arc::new(tokio::sync::Notify::new());
     let options = ServeOptions {
         tls,
         max_streams_per_connection: args.max_streams_per_connection,
     };
-    let stop = shutdown.stop_accepting(serving.clone(), draining.clone());
-    let server = serve(ext_proc_listener, service, failures, options, async move {
-        stop.await;
-        // Envoy never ends its access-log stream: the agent does.
-        let _ = drain_logs.send(true);
-    });
+    let server = serve(
+        ext_proc_listener,
+        service,
+        failures,
+        options,
+        shutdown.stop_accepting(serving.clone(), draining),
+    );
     tokio::select! {
         result = server => result?,
-        _ = shutdown.drain_deadline(draining) => {
+        _ = shutdown.drain_deadline(drain_started) => {
             tracing::warn!("drain deadline passed: open streams are cut");
             if let ListenAddr::Unix(path) = &ext_proc_addr {
                 let _ = std::fs::remove_file(path);

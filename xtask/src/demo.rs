@@ -137,13 +137,7 @@ async fn demo(keep_running: bool) -> Result<()> {
         stat("cluster.engine_pods.upstream_rq_total"),
     );
     // The engines' counters as of the agent's last scrape.
-    let total = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let total = |name: &str| steer_e2e::metric_sum(&metrics, name);
     println!(
         "usage from the engines' own counters (steer_pod_engine_*_tokens_total, per pod and model): \
          {:.0} prompt, {:.0} generated tokens",

@@ -138,7 +138,7 @@ impl Scraper {
                     if !endpoint.is_ready() {
                         tracing::info!(pod = %endpoint.addr, "pod is back in rotation");
                     }
-                    endpoint.scrape_succeeded(&metrics);
+                    endpoint.scrape_succeeded(metrics);
                     failures = 0;
                 }
                 Err(error) => {

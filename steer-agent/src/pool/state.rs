@@ -119,7 +119,7 @@ impl EndpointState {
         InFlight(self.clone())
     }
 
-    pub fn scrape_succeeded(&self, metrics: &EngineMetrics) {
+    pub fn scrape_succeeded(&self, metrics: EngineMetrics) {
         if let Some(v) = metrics.waiting {
             self.waiting.store(v, Ordering::Relaxed);
         }
@@ -130,7 +130,7 @@ impl EndpointState {
             self.kv_usage_bits.store(v.to_bits(), Ordering::Relaxed);
         }
         if !metrics.tokens.is_empty() {
-            self.engine_tokens.store(Arc::new(metrics.tokens.clone()));
+            self.engine_tokens.store(Arc::new(metrics.tokens));
         }
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
@@ -186,7 +186,7 @@ mod tests {
         assert!(ep.scrape_failed(2));
         assert!(!ep.is_ready());
         assert!(!ep.scrape_failed(2), "already out: not reported twice");
-        ep.scrape_succeeded(&EngineMetrics {
+        ep.scrape_succeeded(EngineMetrics {
             waiting: Some(3),
             running: Some(1),
             kv_usage: Some(0.5),
@@ -204,7 +204,7 @@ mod tests {
             (t.len(), t[0].prompt, t[0].generation)
         };
         assert_eq!(counted(&ep), (1, 40, 8));
-        ep.scrape_succeeded(&EngineMetrics::default());
+        ep.scrape_succeeded(EngineMetrics::default());
         assert_eq!(
             counted(&ep),
             (1, 40, 8),
@@ -228,7 +228,7 @@ mod tests {
                 .await
                 .expect("rescrape notified");
         });
-        ep.scrape_succeeded(&EngineMetrics::default());
+        ep.scrape_succeeded(EngineMetrics::default());
         assert!(ep.is_ready());
     }
 }

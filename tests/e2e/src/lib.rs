@@ -52,6 +52,14 @@ pub fn fast_engine() -> Vec<String> {
     engine_args(0, 0, 16)
 }
 
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Reads one sample (`name{labels} value`) from Prometheus text; the labels
 /// given must all appear on the line.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -53,12 +53,7 @@ pub async fn in_flight(metrics: std::net::SocketAddr) -> (f64, String) {
         .metrics(metrics)
         .await
         .unwrap_or_default();
-    let sum = text
-        .lines()
-        .filter(|l| l.starts_with("steer_pod_in_flight{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    (sum, text)
+    (steer_e2e::metric_sum(&text, "steer_pod_in_flight"), text)
 }
 
 /// Engines that decode 20 ms per token (streams last long enough for a
