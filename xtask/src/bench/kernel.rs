@@ -31,7 +31,7 @@ const LOOPBACK_VIP: &str = "127.0.0.123:9";
 /// on/off must be at least this much lower in p50 and p99 to keep sk_msg.
 const CLEAR_MARGIN: f64 = 0.90;
 
-pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
+pub async fn run(args: &BenchArgs, report: &mut Report) -> Result<()> {
     let kernel = &mut report.kernel;
     if let Err(reason) = precheck() {
         eprintln!("kernel datapath benchmarks skipped: {reason}");
@@ -257,7 +257,7 @@ async fn wait_maps(
 
 // -------------------------------------- 1 + 3: loopback (connect, sk_msg) ----
 
-async fn loopback(args: BenchArgs, scratch: &Scratch, out: &mut KernelReport) -> Result<()> {
+async fn loopback(args: &BenchArgs, scratch: &Scratch, out: &mut KernelReport) -> Result<()> {
     let (connects, rounds, pings, sk_rounds) = if args.quick {
         (2000, 2, 5000, 1)
     } else {
@@ -561,7 +561,7 @@ fn process_cpu_ns(pid: u32) -> u64 {
 
 // --------------------------------------------------- 2: RTT per pod ----
 
-async fn rtt(args: BenchArgs, scratch: &Scratch, out: &mut KernelReport) -> Result<()> {
+async fn rtt(args: &BenchArgs, scratch: &Scratch, out: &mut KernelReport) -> Result<()> {
     eprintln!("  kernel: kernel vs userspace RTT per pod...");
     let probes = if args.quick { 20 } else { 50 };
     let lab = Lab::new(2)?;

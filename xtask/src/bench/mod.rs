@@ -17,7 +17,7 @@ mod report;
 
 use anyhow::Result;
 
-#[derive(Clone, Copy, Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Fewer requests per case (a quick look, noisier numbers).
     #[arg(long)]
@@ -28,6 +28,20 @@ pub struct BenchArgs {
     /// Interleaved rounds per overhead case (at least 3).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Only the overhead cases whose name contains this (e.g. `c64`); skips
+    /// the quality and kernel benchmarks and writes bench-partial.json/.md.
+    #[arg(long)]
+    pub case: Option<String>,
+    /// With `--case`: only these paths (comma-separated, e.g.
+    /// `floor-one-wait,steer`).
+    #[arg(long, value_delimiter = ',', requires = "case")]
+    pub path: Vec<String>,
+}
+
+impl BenchArgs {
+    fn partial(&self) -> bool {
+        self.case.is_some()
+    }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -35,19 +49,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        if !args.kernel_only {
+        if !args.kernel_only && !args.partial() {
             eprintln!("installing the peer routers (vllm-router, sglang-router)...");
             peers::install()?;
         }
         eprintln!("building release binaries...");
         steer_e2e::ensure_built("release")?;
         let mut report = report::Report::default();
-        if !args.kernel_only {
-            overhead::run(args, &mut report).await?;
-            quality::run(args, &mut report).await?;
+        if args.partial() {
+            overhead::run(&args, &mut report).await?;
+            // A partial run must not overwrite the full report.
+            return report.write("bench-partial");
         }
-        kernel::run(args, &mut report).await?;
-        // A kernel-only run must not overwrite the full report.
+        if !args.kernel_only {
+            overhead::run(&args, &mut report).await?;
+            quality::run(&args, &mut report).await?;
+        }
+        kernel::run(&args, &mut report).await?;
         report.write(if args.kernel_only {
             "bench-kernel"
         } else {

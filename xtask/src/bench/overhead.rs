@@ -75,7 +75,7 @@ struct Round {
     ext_proc_ns: u64,
 }
 
-pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
+pub async fn run(args: &BenchArgs, report: &mut Report) -> Result<()> {
     let scale = if args.quick { 5 } else { 1 };
     let rounds = args.rounds.max(3);
     let unary = [
@@ -91,10 +91,16 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         requests: requests / scale,
         stream_tokens: 0,
     });
+    let wanted_case = |case: &Case| {
+        args.case
+            .as_ref()
+            .is_none_or(|c| case.name.contains(c.as_str()))
+    };
+    let wanted_path = |path: &str| args.path.is_empty() || args.path.iter().any(|p| p == path);
     let fast = steer_e2e::engine_args(0, 0, 1024);
-    let set = paths::start(fast).await?;
+    let set = paths::start(fast, &wanted_path).await?;
     report.envoy_version = set.envoy_version.clone();
-    for case in &unary {
+    for case in unary.iter().filter(|c| wanted_case(c)) {
         report.overhead.push(measure(&set, case, rounds).await?);
         eprintln!("  overhead {}: done", case.name);
     }
@@ -107,7 +113,10 @@ pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
         requests: (128 / scale).max(32),
         stream_tokens: 256,
     };
-    let set = paths::start(steer_e2e::engine_args(0, 2000, 1024)).await?;
+    if !wanted_case(&streaming) {
+        return Ok(());
+    }
+    let set = paths::start(steer_e2e::engine_args(0, 2000, 1024), &wanted_path).await?;
     report
         .overhead
         .push(measure(&set, &streaming, rounds).await?);
@@ -121,21 +130,14 @@ async fn measure(set: &Paths, case: &Case, rounds: usize) -> Result<CaseResult> 
     // Warm every path's connections and caches.
     for path in &set.paths {
         let warm = case.concurrency * 2;
-        drive(&client, &path.targets, &body, case.concurrency, warm).await?;
+        drive(&client, path, &body, case.concurrency, warm).await?;
     }
     let mut per_path: Vec<Vec<Round>> = set.paths.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
         for (path, results) in set.paths.iter().zip(&mut per_path) {
             let envoy = paths::cpu_ns(path.envoy_pid);
             let ext_proc = paths::cpu_ns(path.ext_proc_pid);
-            let mut round = drive(
-                &client,
-                &path.targets,
-                &body,
-                case.concurrency,
-                case.requests,
-            )
-            .await?;
+            let mut round = drive(&client, path, &body, case.concurrency, case.requests).await?;
             round.envoy_ns = paths::cpu_ns(path.envoy_pid).saturating_sub(envoy);
             round.ext_proc_ns = paths::cpu_ns(path.ext_proc_pid).saturating_sub(ext_proc);
             results.push(round);
@@ -203,7 +205,7 @@ fn sized_body(bytes: usize, stream_tokens: u32) -> String {
 /// 120 s; every reply must be a 200.
 async fn drive(
     client: &Client,
-    targets: &[SocketAddr],
+    path: &paths::Path,
     body: &str,
     concurrency: usize,
     requests: usize,
@@ -211,7 +213,8 @@ async fn drive(
     let deadline = Instant::now() + Duration::from_secs(120);
     let next = Arc::new(AtomicUsize::new(0));
     let body = bytes::Bytes::from(body.to_owned());
-    let targets: Arc<[SocketAddr]> = targets.into();
+    let targets: Arc<[SocketAddr]> = path.targets.as_slice().into();
+    let headers = path.headers;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -226,7 +229,7 @@ async fn drive(
                 }
                 let target = targets[i % targets.len()];
                 let reply = client
-                    .post(target, "/v1/chat/completions", &[], body.clone())
+                    .post(target, "/v1/chat/completions", headers, body.clone())
                     .await?;
                 anyhow::ensure!(
                     reply.status == 200,

@@ -5,12 +5,13 @@ use std::fmt::Write as _;
 
 use super::overhead::CaseResult;
 
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "direct",
     "envoy",
     "floor-headers",
     "floor-one-wait",
     "steer",
+    "steer-prefix",
     "steer-observer",
     "steer-duplex",
     "vllm-router",
@@ -35,7 +36,8 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
          ext_proc, round-robin cluster); **floor-headers** = `envoy.yaml` sending no body ⇄ a \
          no-op ext_proc server that routes in its headers reply; **floor-one-wait** = shipped \
          `envoy.yaml` ⇄ the no-op server holding its headers reply until the body ends (the floor \
-         Steer is judged against); **steer** = shipped `envoy.yaml` ⇄ steer-agent; \
+         Steer is judged against); **steer** = shipped `envoy.yaml` ⇄ steer-agent, least-request (the prompt is not read); \
+         **steer-prefix** = the same, requests asking for `prefix-cache` (the prompt is read and hashed); \
          **steer-observer** = `envoy.yaml` with its usage observer turned on ⇄ steer-agent; \
          **steer-duplex** = shipped \
          `envoy-full-duplex.yaml` ⇄ steer-agent; **vllm-router**, **sglang-router** = the peer \
@@ -65,52 +67,43 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             row(|p| p.req_per_s),
         );
     }
-    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-observer / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-observer | ext_proc CPU µs/req: floor-one-wait / steer / steer-observer |\n|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-prefix / floor-one-wait | steer-observer / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-observer | ext_proc CPU µs/req: floor-one-wait / steer / steer-prefix / steer-observer |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
-        let (
-            Some(envoy),
-            Some(headers),
-            Some(floor),
-            Some(steer),
-            Some(observer),
-            Some(duplex),
-            Some(vllm),
-        ) = (
-            c.path("envoy"),
-            c.path("floor-headers"),
-            c.path("floor-one-wait"),
-            c.path("steer"),
-            c.path("steer-observer"),
-            c.path("steer-duplex"),
-            c.path("vllm-router"),
-        )
-        else {
-            continue;
-        };
-        let pair = |a: &super::overhead::PathResult, b: &super::overhead::PathResult| {
-            format!(
+        // A partial run (`--path`) lacks some paths: their cells read "–".
+        let pair = |a: &str, b: &str| match (c.path(a), c.path(b)) {
+            (Some(a), Some(b)) => format!(
                 "{}, {}",
                 ratio(a.p50_us, b.p50_us),
                 ratio(a.req_per_s, b.req_per_s)
-            )
+            ),
+            _ => "–".into(),
+        };
+        let cpu = |names: &[&str], get: fn(&super::overhead::PathResult) -> f64| {
+            names
+                .iter()
+                .map(|n| c.path(n).map_or("–".into(), |p| format!("{:.0}", get(p))))
+                .collect::<Vec<_>>()
+                .join(" / ")
         };
         let _ = writeln!(
             md,
-            "| {} | **{}** | {} | {} | {} | {} | {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+            "| {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.case,
-            pair(steer, floor),
-            pair(observer, floor),
-            pair(floor, headers),
-            pair(steer, envoy),
-            pair(duplex, floor),
-            pair(steer, vllm),
-            envoy.envoy_cpu_us_per_request,
-            floor.envoy_cpu_us_per_request,
-            steer.envoy_cpu_us_per_request,
-            observer.envoy_cpu_us_per_request,
-            floor.ext_proc_cpu_us_per_request,
-            steer.ext_proc_cpu_us_per_request,
-            observer.ext_proc_cpu_us_per_request,
+            pair("steer", "floor-one-wait"),
+            pair("steer-prefix", "floor-one-wait"),
+            pair("steer-observer", "floor-one-wait"),
+            pair("floor-one-wait", "floor-headers"),
+            pair("steer", "envoy"),
+            pair("steer-duplex", "floor-one-wait"),
+            pair("steer", "vllm-router"),
+            cpu(
+                &["envoy", "floor-one-wait", "steer", "steer-observer"],
+                |p| p.envoy_cpu_us_per_request
+            ),
+            cpu(
+                &["floor-one-wait", "steer", "steer-prefix", "steer-observer"],
+                |p| p.ext_proc_cpu_us_per_request
+            ),
         );
     }
     for c in cases.iter().filter(|c| c.stream_tokens > 0) {

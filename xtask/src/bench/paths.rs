@@ -10,7 +10,10 @@
 //! - `floor-one-wait`: the shipped `envoy.yaml` ⇄ `noop-extproc` in the
 //!   one-wait mode (holds the headers reply until the body ends, then answers
 //!   it with a pod and every body chunk): the floor the agent is judged against;
-//! - `steer`: the shipped `envoy.yaml` ⇄ steer-agent;
+//! - `steer`: the shipped `envoy.yaml` ⇄ steer-agent (least-request: the
+//!   prompt is not read);
+//! - `steer-prefix`: the same, each request asking for `prefix-cache`
+//!   (`routing-strategy` header: the prompt is read and hashed);
 //! - `steer-observer`: `envoy.yaml` with its usage observer turned on ⇄ the
 //!   same agent (what per-request usage accounting costs);
 //! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent;
@@ -34,6 +37,8 @@ pub struct Path {
     pub envoy_pid: Option<u32>,
     /// The ext_proc server's pid (agent or no-op), if the path has one.
     pub ext_proc_pid: Option<u32>,
+    /// Headers every request on this path carries.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// Everything running for one set of engines; dropped = stopped.
@@ -53,7 +58,9 @@ impl Drop for Paths {
     }
 }
 
-pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
+/// Starts every path `wanted` names (the others' processes may still run:
+/// they share the stack).
+pub async fn start(engine_args: Vec<String>, wanted: &dyn Fn(&str) -> bool) -> Result<Paths> {
     let stack = Stack::start(StackOptions {
         profile: "release",
         engines: (0..4)
@@ -91,6 +98,7 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
         targets: vec![envoy.listener],
         envoy_pid: envoy.proc.pid(),
         ext_proc_pid,
+        headers: &[],
     };
     let engines_for_peers = engines.clone();
     let mut paths = vec![
@@ -99,22 +107,32 @@ pub async fn start(engine_args: Vec<String>) -> Result<Paths> {
             targets: engines,
             envoy_pid: None,
             ext_proc_pid: None,
+            headers: &[],
         },
         through("envoy", &plain, None),
         through("floor-headers", &floor_headers, noop.pid()),
         through("floor-one-wait", &floor_one_wait, noop.pid()),
         through("steer", &stack.envoy, agent),
+        Path {
+            headers: &[("routing-strategy", "prefix-cache")],
+            ..through("steer-prefix", &stack.envoy, agent)
+        },
         through("steer-observer", &observer, agent),
         through("steer-duplex", &duplex_envoy, agent),
     ];
     let mut peers = Vec::new();
-    for kind in [Kind::Vllm, Kind::Sglang] {
+    paths.retain(|p| wanted(p.name));
+    for kind in [Kind::Vllm, Kind::Sglang]
+        .into_iter()
+        .filter(|k| wanted(k.name()))
+    {
         let peer = super::peers::start(kind, "round_robin", &engines_for_peers, "m").await?;
         paths.push(Path {
             name: kind.name(),
             targets: vec![peer.addr],
             envoy_pid: peer.pid(),
             ext_proc_pid: None,
+            headers: &[],
         });
         peers.push(peer);
     }

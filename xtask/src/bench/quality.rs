@@ -26,7 +26,7 @@ const STRATEGIES: [&str; 5] = [
     "prefix-cache",
 ];
 
-pub async fn run(args: BenchArgs, report: &mut Report) -> Result<()> {
+pub async fn run(args: &BenchArgs, report: &mut Report) -> Result<()> {
     // 8 tenants sharing ~4000-token system prompts on 4 engines; prefill
     // 50 us per uncached token makes a cold prompt ~200 ms, a warm one ~1 ms.
     let shape = Shape {

@@ -167,6 +167,10 @@ impl Report {
         }
         let mut md = String::new();
         super::overhead_report::markdown(&self.overhead, &self.envoy_version, &mut md);
+        if self.quality.is_empty() {
+            // `--case`: overhead only.
+            return md;
+        }
         let _ = write!(md, "\n## Routing quality: {}\n\n", self.quality_workload);
         md.push_str("| strategy | ok | TTFT mean ms | TTFT p99 ms | × oracle | prefix hit rate | requests per engine |\n|---|---|---|---|---|---|---|\n");
         for r in &self.quality {
