@@ -1,12 +1,24 @@
-//! Any body: parse never panics; a parsed request has a non-blank model.
+//! Any body: parse never panics; a parsed request has a non-blank model; the
+//! parse that skips the prompt accepts every body the full parse accepts,
+//! with the same model and user, and rejects only bodies it rejects.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use steer_agent::openai::ParsedRequest;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(parsed) = ParsedRequest::parse(data) {
-        assert!(!parsed.model.trim().is_empty());
-        let _: usize = parsed.prompt.iter().map(str::len).sum();
+    let full = ParsedRequest::parse(data);
+    let head = ParsedRequest::parse_without_prompt(data);
+    match (full, head) {
+        (Ok(full), Ok(head)) => {
+            assert!(!full.model.trim().is_empty());
+            let _: usize = full.prompt.iter().map(str::len).sum();
+            assert_eq!((full.model, full.user), (head.model, head.user));
+            assert_eq!(head.prompt.byte_len(), 0);
+        }
+        (Ok(full), Err(head)) => panic!("model {:?}, without prompt: {head}", full.model),
+        // Unreadable prompt text (invalid UTF-8, a lone surrogate escape)
+        // fails only the full parse.
+        (Err(_), _) => {}
     }
 });

@@ -85,6 +85,16 @@ impl Router {
         &self.pools
     }
 
+    /// Whether a request with this `routing-strategy` header (or none) may
+    /// be routed on its prompt, so its body must be parsed with the prompt.
+    /// An unknown name reads nothing: [`Router::decide`] rejects it.
+    pub fn reads_prompt(&self, strategy: Option<&str>) -> bool {
+        match strategy {
+            Some(name) => name.parse().is_ok_and(Strategy::reads_prompt),
+            None => self.pools.load().reads_prompt,
+        }
+    }
+
     pub fn decide(&self, req: &RouteRequest<'_>) -> Result<Decision, RouteError> {
         let snapshot = self.pools.load();
         let pool = snapshot

@@ -316,21 +316,25 @@ impl StreamState {
         let body = std::mem::take(&mut self.body);
         // Parsed once below, then dropped or handed back to Envoy with the reply.
         self.release_body();
-        let result = ParsedRequest::parse(&body)
-            .map_err(RequestError::from)
-            .and_then(|parsed| {
-                let session = self.meta.session.as_deref().or(parsed.user.as_deref());
-                self.shared
-                    .router
-                    .decide(&RouteRequest {
-                        model: &parsed.model,
-                        strategy: self.meta.strategy.as_deref(),
-                        session,
-                        prompt: Some(&parsed.prompt),
-                        subset: self.subset.as_deref(),
-                    })
-                    .map_err(RequestError::from)
-            });
+        let strategy = self.meta.strategy.as_deref();
+        let parsed = if self.shared.router.reads_prompt(strategy) {
+            ParsedRequest::parse(&body)
+        } else {
+            ParsedRequest::parse_without_prompt(&body)
+        };
+        let result = parsed.map_err(RequestError::from).and_then(|parsed| {
+            let session = self.meta.session.as_deref().or(parsed.user.as_deref());
+            self.shared
+                .router
+                .decide(&RouteRequest {
+                    model: &parsed.model,
+                    strategy,
+                    session,
+                    prompt: Some(&parsed.prompt),
+                    subset: self.subset.as_deref(),
+                })
+                .map_err(RequestError::from)
+        });
         match result {
             Err(err) => self.fail(err, out),
             Ok(decision) => {

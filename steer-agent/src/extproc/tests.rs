@@ -739,3 +739,45 @@ fn a_logged_failure_takes_the_routed_pod_out_and_other_entries_do_not() {
     log.on_entry(&entry(Some(502), Some(&other.endpoint.addr_text)));
     assert!(!other.endpoint.is_ready(), "502 too");
 }
+
+#[test]
+fn the_prompt_is_read_only_when_the_strategy_routes_on_it() {
+    let limit = "max_body_bytes: 100000\n";
+    // Two and a half default (256-byte) prefix blocks of prompt.
+    let chat = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        r#"a \"quoted\" line\n"#.repeat(40)
+    );
+    let prefix_blocks = |shared: Arc<Shared>, extra: &[(&str, &str)]| {
+        let mut s = StreamState::new(shared);
+        send(&mut s, headers(false, extra), Some(BodySendMode::Buffered));
+        let r = send(&mut s, body(&chat, true), None);
+        assert!(set_header(&r[0], "target-pod").is_some());
+        s.decision().unwrap().prefix_blocks.len()
+    };
+    let prefix = [("routing-strategy", "prefix-cache")];
+    // Default least-request, no model on prefix-cache: the prompt is skipped
+    // unless the header asks for prefix-cache.
+    assert_eq!(prefix_blocks(shared_with(limit), &[]), 0);
+    assert_eq!(prefix_blocks(shared_with(limit), &prefix), 2);
+    assert_eq!(
+        prefix_blocks(shared_with(limit), &[("routing-strategy", "round-robin")]),
+        0
+    );
+    let default_prefix = || shared_with(&format!("{limit}default_strategy: prefix-cache\n"));
+    assert_eq!(prefix_blocks(default_prefix(), &[]), 2);
+    assert_eq!(
+        prefix_blocks(default_prefix(), &[("routing-strategy", "least-request")]),
+        0
+    );
+    // One model on prefix-cache: bodies without the header keep their prompt.
+    let file: FileConfig = serde_yaml::from_str(
+        "models:\n  m:\n    endpoints: [\"10.0.0.1:8000\"]\n    strategy: prefix-cache\n  other:\n    endpoints: [\"10.0.0.2:8000\"]\n",
+    )
+    .unwrap();
+    let pools = Arc::new(Pools::new(Settings::resolve(Some(file), &[]).unwrap()));
+    let router = Router::new(pools);
+    assert!(router.reads_prompt(None));
+    assert!(!router.reads_prompt(Some("least-request")));
+    assert!(!router.reads_prompt(Some("no-such-strategy")));
+}

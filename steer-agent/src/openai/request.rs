@@ -4,6 +4,9 @@
 //! is borrowed from the body; one with an escape (`\n`, `\"`, which nearly
 //! every real chat prompt has) is unescaped into its own allocation, once.
 //! The prompt is exposed as pieces in prompt order, never concatenated.
+//! When routing does not read the prompt, [`ParsedRequest::parse_without_prompt`]
+//! checks the same shape but only scans the prompt's strings (no unescaping,
+//! no allocation per string).
 
 use std::borrow::Cow;
 
@@ -72,6 +75,28 @@ struct Body<'a> {
     input: Option<TextPieces<'a>>,
 }
 
+/// [`Body`] with the prompt fields skipped: the same shape (`TextPieces`
+/// takes any JSON value), but skipped strings are not checked for valid
+/// UTF-8 or paired surrogate escapes.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    /// Read only to check its shape.
+    #[serde(borrow, default, rename = "messages")]
+    _messages: Option<Vec<SkippedMessage<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct SkippedMessage<'a> {
+    #[serde(borrow, default, rename = "role")]
+    _role: Option<Cow<'a, str>>,
+    #[serde(default, rename = "content")]
+    _content: Option<de::IgnoredAny>,
+}
+
 #[derive(Deserialize)]
 struct Message<'a> {
     #[serde(borrow, default)]
@@ -84,10 +109,7 @@ impl<'a> ParsedRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, ParseError> {
         let body: Body<'a> =
             serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(describe(&e)))?;
-        let model = body
-            .model
-            .filter(|m| !m.trim().is_empty())
-            .ok_or(ParseError::MissingModel)?;
+        let model = named(body.model)?;
         let mut prompt = PromptPieces::default();
         prompt.extend(body.instructions);
         for message in body.messages.into_iter().flatten() {
@@ -106,6 +128,26 @@ impl<'a> ParsedRequest<'a> {
             prompt,
         })
     }
+
+    /// [`ParsedRequest::parse`] with an empty prompt: accepts every body it
+    /// accepts, with the same model and user, and rejects what it rejects
+    /// except unreadable prompt text (invalid UTF-8, a lone surrogate
+    /// escape), which is left to the engine.
+    pub fn parse_without_prompt(body: &'a [u8]) -> Result<Self, ParseError> {
+        let head: Head<'a> =
+            serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(describe(&e)))?;
+        Ok(Self {
+            model: named(head.model)?,
+            user: head.user,
+            prompt: PromptPieces::default(),
+        })
+    }
+}
+
+fn named(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ParseError> {
+    model
+        .filter(|m| !m.trim().is_empty())
+        .ok_or(ParseError::MissingModel)
 }
 
 // === impl TextPieces ===
@@ -293,6 +335,56 @@ mod tests {
             message.contains("wrong type") && message.contains("column"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn without_prompt_accepts_what_the_full_parse_does_and_rejects_the_same_shapes() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"qwen","user":"u\"1","messages":[{"role":"user","content":"a\nb"},{"content":[{"type":"text","text":"x"}]}]}"#,
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"m","stream":true}"#,
+            br#"{"model":"m","prompt":[1,2,3],"input":{"content":"x"},"instructions":null}"#,
+            br#"{"model":"m","messages":[[]]}"#,
+            br#"{"model":"m","messages":"my secret prompt"}"#,
+            br#"{"model":"m","messages":[{"role":5}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"\x"}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"unterminated}]}"#,
+            br#"{"model":"  ","messages":[]}"#,
+            br#"{"messages":[]}"#,
+            br#"{"model":7}"#,
+            b"[1,2]",
+            b"{not json",
+        ];
+        for body in bodies {
+            let full = ParsedRequest::parse(body);
+            let head = ParsedRequest::parse_without_prompt(body);
+            let shown = String::from_utf8_lossy(body);
+            match (full, head) {
+                (Ok(full), Ok(head)) => {
+                    assert_eq!(
+                        (&full.model, &full.user),
+                        (&head.model, &head.user),
+                        "{shown}"
+                    );
+                    assert_eq!(head.prompt.byte_len(), 0, "{shown}");
+                }
+                (Err(full), Err(head)) => assert_eq!(full, head, "{shown}"),
+                (full, head) => panic!(
+                    "{shown}: full {:?}, without prompt {:?}",
+                    full.err(),
+                    head.err()
+                ),
+            }
+        }
+        // Prompt text the agent does not read is not checked.
+        let lone_surrogate = br#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#;
+        let invalid_utf8 = b"{\"model\":\"m\",\"prompt\":\"\xff\"}";
+        for body in [&lone_surrogate[..], &invalid_utf8[..]] {
+            assert!(ParsedRequest::parse(body).is_err());
+            assert_eq!(
+                ParsedRequest::parse_without_prompt(body).unwrap().model,
+                "m"
+            );
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub models: HashMap<String, Arc<ModelPool>>,
     /// Every distinct pod, once.
     pub endpoints: Vec<Arc<EndpointState>>,
+    /// The default strategy or some model's reads the prompt: without a
+    /// `routing-strategy` header, request bodies are parsed with their prompt.
+    pub reads_prompt: bool,
 }
 
 impl Snapshot {
@@ -131,11 +134,17 @@ impl Registry {
             };
             models.insert(name.clone(), Arc::new(pool));
         }
+        let reads_prompt = settings.default_strategy.reads_prompt()
+            || settings
+                .models
+                .values()
+                .any(|m| m.strategy.is_some_and(Strategy::reads_prompt));
         Snapshot {
             generation,
             settings,
             models,
             endpoints,
+            reads_prompt,
         }
     }
 

@@ -88,6 +88,11 @@ impl Strategy {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether routing reads the prompt text (else the body parse skips it).
+    pub fn reads_prompt(self) -> bool {
+        self == Self::PrefixCache
+    }
 }
 
 impl FromStr for Strategy {
