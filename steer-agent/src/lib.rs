@@ -2,6 +2,7 @@
 //! through the ext_proc filter, and tells Envoy where to send it.
 
 pub mod apply;
+pub mod batched_io;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use futures::StreamExt;
 use tonic::transport::{Server, ServerTlsConfig};
 
+use crate::batched_io::BatchedWrites;
 use crate::extproc::{ExtProcService, FailureLog};
 use crate::listen::{ListenAddr, ListenError, bind_unix};
 
@@ -67,7 +68,8 @@ pub async fn serve(
     options: ServeOptions,
     signal: impl Future<Output = ()>,
 ) -> Result<(), ListenError> {
-    // Flow-control windows: Envoy sends a request body without waiting for
+    // Every connection's socket is wrapped in `BatchedWrites` (replies
+    // batched into few writes, see there). Flow-control windows: Envoy sends a request body without waiting for
     // the agent, so a stream window of 4 MiB lets any ordinary prompt arrive
     // without a WINDOW_UPDATE round trip, and 16 MiB per connection covers
     // 256 concurrent streams of 64 KiB bodies (larger bodies still flow, one
@@ -88,8 +90,9 @@ pub async fn serve(
         Bound::Tcp(listener) => {
             // tonic's own tcp_nodelay applies only to listeners it binds itself.
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-                conn.inspect(|tcp| {
+                conn.map(|tcp| {
                     let _ = tcp.set_nodelay(true);
+                    BatchedWrites(tcp)
                 })
             });
             router
@@ -97,7 +100,8 @@ pub async fn serve(
                 .await?;
         }
         Bound::Unix(listener, path) => {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener)
+                .map(|conn| conn.map(BatchedWrites));
             let result = router.serve_with_incoming_shutdown(incoming, signal).await;
             let _ = std::fs::remove_file(&path);
             result?;
