@@ -5,13 +5,14 @@ use std::fmt::Write as _;
 
 use super::overhead::CaseResult;
 
-const PATHS: [&str; 10] = [
+const PATHS: [&str; 11] = [
     "direct",
     "envoy",
     "floor-headers",
     "floor-one-wait",
     "steer",
     "steer-prefix",
+    "steer-uds",
     "steer-observer",
     "steer-duplex",
     "vllm-router",
@@ -38,6 +39,7 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
          `envoy.yaml` ⇄ the no-op server holding its headers reply until the body ends (the floor \
          Steer is judged against); **steer** = shipped `envoy.yaml` ⇄ steer-agent, least-request (the prompt is not read); \
          **steer-prefix** = the same, requests asking for `prefix-cache` (the prompt is read and hashed); \
+         **steer-uds** = a second stack (own engines, agent, Envoy, shipped config) reaching the agent over a Unix socket; \
          **steer-observer** = `envoy.yaml` with its usage observer turned on ⇄ steer-agent; \
          **steer-duplex** = shipped \
          `envoy-full-duplex.yaml` ⇄ steer-agent; **vllm-router**, **sglang-router** = the peer \
@@ -67,7 +69,7 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
             row(|p| p.req_per_s),
         );
     }
-    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-prefix / floor-one-wait | steer-observer / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-observer | ext_proc CPU µs/req: floor-one-wait / steer / steer-prefix / steer-observer |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("\n| case | **steer / floor-one-wait**: p50, req/s | steer-prefix / floor-one-wait | steer-uds / steer | steer-observer / floor-one-wait: p50, req/s | floor-one-wait / floor-headers: p50, req/s | steer / plain envoy: p50, req/s | steer-duplex / floor-one-wait: p50, req/s | steer / vllm-router: p50, req/s | Envoy CPU µs/req: envoy / floor-one-wait / steer / steer-uds / steer-observer | ext_proc CPU µs/req: floor-one-wait / steer / steer-prefix / steer-uds / steer-observer |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in cases.iter().filter(|c| c.stream_tokens == 0) {
         // A partial run (`--path`) lacks some paths: their cells read "–".
         let pair = |a: &str, b: &str| match (c.path(a), c.path(b)) {
@@ -87,21 +89,34 @@ pub fn markdown(cases: &[CaseResult], envoy_version: &str, md: &mut String) {
         };
         let _ = writeln!(
             md,
-            "| {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | **{}** | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.case,
             pair("steer", "floor-one-wait"),
             pair("steer-prefix", "floor-one-wait"),
+            pair("steer-uds", "steer"),
             pair("steer-observer", "floor-one-wait"),
             pair("floor-one-wait", "floor-headers"),
             pair("steer", "envoy"),
             pair("steer-duplex", "floor-one-wait"),
             pair("steer", "vllm-router"),
             cpu(
-                &["envoy", "floor-one-wait", "steer", "steer-observer"],
+                &[
+                    "envoy",
+                    "floor-one-wait",
+                    "steer",
+                    "steer-uds",
+                    "steer-observer"
+                ],
                 |p| p.envoy_cpu_us_per_request
             ),
             cpu(
-                &["floor-one-wait", "steer", "steer-prefix", "steer-observer"],
+                &[
+                    "floor-one-wait",
+                    "steer",
+                    "steer-prefix",
+                    "steer-uds",
+                    "steer-observer",
+                ],
                 |p| p.ext_proc_cpu_us_per_request
             ),
         );

@@ -14,6 +14,9 @@
 //!   prompt is not read);
 //! - `steer-prefix`: the same, each request asking for `prefix-cache`
 //!   (`routing-strategy` header: the prompt is read and hashed);
+//! - `steer-uds`: a second stack (its own four engines, agent and Envoy, the
+//!   same shipped config) where Envoy reaches the agent over a Unix socket
+//!   (`pipe` address) instead of loopback TCP;
 //! - `steer-observer`: `envoy.yaml` with its usage observer turned on ⇄ the
 //!   same agent (what per-request usage accounting costs);
 //! - `steer-duplex`: the shipped `envoy-full-duplex.yaml` ⇄ the same agent;
@@ -25,7 +28,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use steer_e2e::envoy::{Doc, headers_only, render, with_usage_observer, without_ext_proc};
-use steer_e2e::{DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, Stack, StackOptions, binary_dir};
+use steer_e2e::{
+    DEFAULT_ENVOY, Envoy, EnvoyConfig, ExtProcTransport, Proc, Stack, StackOptions, binary_dir,
+};
 
 use super::peers::{Kind, Peer};
 
@@ -46,6 +51,7 @@ pub struct Paths {
     pub paths: Vec<Path>,
     pub envoy_version: String,
     _stack: Stack,
+    _uds_stack: Option<Stack>,
     _extra_envoys: Vec<Envoy>,
     _peers: Vec<Peer>,
     _noop: Proc,
@@ -61,15 +67,26 @@ impl Drop for Paths {
 /// Starts every path `wanted` names (the others' processes may still run:
 /// they share the stack).
 pub async fn start(engine_args: Vec<String>, wanted: &dyn Fn(&str) -> bool) -> Result<Paths> {
-    let stack = Stack::start(StackOptions {
+    let options = StackOptions {
         profile: "release",
         engines: (0..4)
             .map(|_| ("m".to_owned(), engine_args.clone()))
             .collect(),
         default_strategy: "least-request".into(),
         ..Default::default()
-    })
-    .await?;
+    };
+    let stack = Stack::start(options.clone()).await?;
+    let uds_stack = if wanted("steer-uds") {
+        Some(
+            Stack::start(StackOptions {
+                ext_proc_transport: ExtProcTransport::Unix,
+                ..options.clone()
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
     let engines: Vec<SocketAddr> = stack.engines.iter().map(Proc::addr).collect();
     let dir = std::env::temp_dir().join(format!("steer-bench-{}", std::process::id()));
     let noop = spawn_noop(&engines, &[]).await?;
@@ -118,8 +135,11 @@ pub async fn start(engine_args: Vec<String>, wanted: &dyn Fn(&str) -> bool) -> R
             ..through("steer-prefix", &stack.envoy, agent)
         },
         through("steer-observer", &observer, agent),
-        through("steer-duplex", &duplex_envoy, agent),
     ];
+    if let Some(uds) = &uds_stack {
+        paths.push(through("steer-uds", &uds.envoy, uds.agent.pid()));
+    }
+    paths.push(through("steer-duplex", &duplex_envoy, agent));
     let mut peers = Vec::new();
     paths.retain(|p| wanted(p.name));
     for kind in [Kind::Vllm, Kind::Sglang]
@@ -140,6 +160,7 @@ pub async fn start(engine_args: Vec<String>, wanted: &dyn Fn(&str) -> bool) -> R
         paths,
         envoy_version: stack.envoy.version.clone(),
         _stack: stack,
+        _uds_stack: uds_stack,
         _extra_envoys: vec![plain, floor_headers, floor_one_wait, observer, duplex_envoy],
         _peers: peers,
         _noop: noop,
