@@ -398,14 +398,18 @@ impl StreamState {
 
     fn route_reply(&self, phase: Phase, d: &Decision) -> ProcessingResponse {
         let endpoint = &*d.member.endpoint.addr_text;
+        let headers = [
+            ("target-pod", endpoint),
+            ("x-gateway-destination-endpoint", endpoint),
+            ("x-gateway-model-name", &d.pool.name),
+            ("x-request-id", &self.request_id),
+        ];
+        // Envoy adds `x-request-id` before the filter runs: the agent sets it
+        // only on a request that arrived without one.
+        let set = if self.meta.request_id.is_some() { 3 } else { 4 };
         reply::route(
             phase,
-            &[
-                ("target-pod", endpoint),
-                ("x-gateway-destination-endpoint", endpoint),
-                ("x-gateway-model-name", &d.pool.name),
-                ("x-request-id", &self.request_id),
-            ],
+            &headers[..set],
             &SteerMeta {
                 pod: endpoint,
                 model: &d.pool.name,

@@ -781,3 +781,15 @@ fn the_prompt_is_read_only_when_the_strategy_routes_on_it() {
     assert!(!router.reads_prompt(Some("least-request")));
     assert!(!router.reads_prompt(Some("no-such-strategy")));
 }
+
+#[test]
+fn the_request_id_is_set_only_when_the_request_has_none() {
+    let routed = |extra: &[(&str, &str)]| {
+        let mut s = StreamState::new(shared());
+        send(&mut s, headers(false, extra), Some(BodySendMode::Buffered));
+        let r = send(&mut s, body(CHAT, true), None);
+        set_header(&r[0], "x-request-id").map(str::to_owned)
+    };
+    assert_eq!(routed(&[("x-request-id", "from-envoy")]), None);
+    assert!(routed(&[]).is_some_and(|id| id.len() == 32));
+}
