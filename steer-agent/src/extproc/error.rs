@@ -1,5 +1,6 @@
-//! Request errors, answered to the client as an OpenAI-style error JSON via an
-//! ImmediateResponse, and counted by reason.
+//! Request errors, answered to the client via an ImmediateResponse as an
+//! OpenAI-style error JSON (an Anthropic-style one on the Messages API), and
+//! counted by reason.
 
 use crate::openai::ParseError;
 use crate::router::RouteError;
@@ -88,6 +89,33 @@ impl RequestError {
         self.type_and_code().1
     }
 
+    /// The error body for a request to `path`: Anthropic's shape on the
+    /// Messages API (`/v1/messages`), OpenAI's everywhere else.
+    pub fn json_for(&self, path: &str) -> Vec<u8> {
+        let api = path.split('?').next().unwrap_or_default();
+        if api.trim_end_matches('/').ends_with("/v1/messages") {
+            self.anthropic_json()
+        } else {
+            self.openai_json()
+        }
+    }
+
+    /// `{"type":"error","error":{"type","message"}}` as Anthropic returns it.
+    pub fn anthropic_json(&self) -> Vec<u8> {
+        let kind = match self.kind() {
+            ErrorKind::UnknownModel => "not_found_error",
+            ErrorKind::BodyTooLarge => "request_too_large",
+            ErrorKind::Overloaded => "overloaded_error",
+            ErrorKind::NoReadyEndpoint => "api_error",
+            _ => "invalid_request_error",
+        };
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {"type": kind, "message": self.to_string()},
+        });
+        body.to_string().into_bytes()
+    }
+
     /// `{"error":{"message","type","param","code"}}` as OpenAI returns it.
     pub fn openai_json(&self) -> Vec<u8> {
         let (kind, code) = self.type_and_code();
@@ -140,6 +168,12 @@ mod tests {
             assert!(v["error"]["message"].as_str().unwrap().len() > 3);
             assert!(v["error"]["type"].is_string() && v["error"]["code"].is_string());
             assert!(err.error_header().starts_with("x-error-"));
+            let v: serde_json::Value =
+                serde_json::from_slice(&err.json_for("/v1/messages?beta=true")).unwrap();
+            assert_eq!(v["type"], "error");
+            assert!(v["error"]["type"].as_str().unwrap().ends_with("_error") || status == 413);
+            assert_eq!(v["error"]["message"], err.to_string());
+            assert_eq!(err.json_for("/v1/chat/completions"), err.openai_json());
         }
     }
 }

@@ -178,10 +178,11 @@ pub fn immediate(
     }))
 }
 
-/// An OpenAI-style error. `x-steer-error: <code>` marks the reply as the
-/// agent's: the shipped Envoy configs' `local_reply_config` leaves such
-/// replies unchanged and rewrites Envoy's own errors into the same shape.
-pub fn error(err: &RequestError) -> ProcessingResponse {
+/// An OpenAI-style error (Anthropic-style for a request to `path` on the
+/// Messages API). `x-steer-error: <code>` marks the reply as the agent's:
+/// the shipped Envoy configs' `local_reply_config` leaves such replies
+/// unchanged and rewrites Envoy's own errors into OpenAI's shape.
+pub fn error(err: &RequestError, path: &str) -> ProcessingResponse {
     immediate(
         err.status(),
         &[
@@ -189,7 +190,7 @@ pub fn error(err: &RequestError) -> ProcessingResponse {
             (err.error_header(), "true"),
             ("x-steer-error", err.code()),
         ],
-        err.openai_json(),
+        err.json_for(path),
         err.kind().metric_label(),
     )
 }

@@ -441,7 +441,7 @@ impl StreamState {
     fn fail(&mut self, err: RequestError, out: &mut Vec<ProcessingResponse>) {
         self.shared.metrics.error(err.kind());
         tracing::debug!(request_id = %self.request_id, error = %err, "request rejected");
-        out.push(reply::error(&err));
+        out.push(reply::error(&err, &self.meta.path));
         self.ended = true;
         self.body = Vec::new();
         self.release_body();

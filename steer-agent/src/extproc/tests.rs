@@ -793,3 +793,32 @@ fn the_request_id_is_set_only_when_the_request_has_none() {
     assert_eq!(routed(&[("x-request-id", "from-envoy")]), None);
     assert!(routed(&[]).is_some_and(|id| id.len() == 32));
 }
+
+#[test]
+fn messages_api_requests_are_routed_and_their_errors_are_anthropic_shaped() {
+    let messages = |body_text: &str| {
+        let mut s = StreamState::new(shared());
+        let request = Request::RequestHeaders(HttpHeaders {
+            headers: Some(header_map(&[
+                (":method", "POST"),
+                (":path", "/v1/messages"),
+            ])),
+            ..Default::default()
+        });
+        send(&mut s, request, Some(BodySendMode::Buffered));
+        send(&mut s, body(body_text, true), None)
+    };
+    let r = messages(
+        r#"{"model":"m","max_tokens":5,"system":"Be brief.","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+    );
+    assert!(set_header(&r[0], "target-pod").is_some());
+    let r = messages(r#"{"model":"nope","max_tokens":5,"messages":[]}"#);
+    assert_eq!(status(&r[0]), Some(404));
+    let Some(Response::ImmediateResponse(i)) = &r[0].response else {
+        panic!("an immediate response");
+    };
+    let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+}

@@ -1,4 +1,5 @@
-//! One borrowed parse of an OpenAI-style request body.
+//! One borrowed parse of an OpenAI-style request body (chat and text
+//! completions, embeddings, responses) or an Anthropic Messages API body.
 //!
 //! The body is parsed exactly once with serde_json. A string without escapes
 //! is borrowed from the body; one with an escape (`\n`, `\"`, which nearly
@@ -67,6 +68,9 @@ struct Body<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     messages: Option<Vec<Message<'a>>>,
+    /// Anthropic Messages API: the system prompt (a string or text blocks).
+    #[serde(borrow, default)]
+    system: Option<TextPieces<'a>>,
     #[serde(borrow, default)]
     instructions: Option<TextPieces<'a>>,
     #[serde(borrow, default)]
@@ -111,6 +115,7 @@ impl<'a> ParsedRequest<'a> {
             serde_json::from_slice(body).map_err(|e| ParseError::InvalidJson(describe(&e)))?;
         let model = named(body.model)?;
         let mut prompt = PromptPieces::default();
+        prompt.extend(body.system);
         prompt.extend(body.instructions);
         for message in body.messages.into_iter().flatten() {
             if let Some(role) = message.role {
@@ -279,6 +284,18 @@ mod tests {
         let req =
             ParsedRequest::parse(br#"{"model":"m","prompt":null,"input":[true,1.5]}"#).unwrap();
         assert_eq!(text(&req), "");
+    }
+
+    #[test]
+    fn anthropic_messages_system_then_messages() {
+        let body = br#"{"model":"claude","max_tokens":8,"system":[{"type":"text","text":"Be brief.","cache_control":{"type":"ephemeral"}}],
+            "messages":[{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image","source":{"type":"base64","data":"QUJD"}}]},
+            {"role":"assistant","content":"Hello"}],"stream":true}"#;
+        let req = ParsedRequest::parse(body).unwrap();
+        assert_eq!(req.model, "claude");
+        assert_eq!(text(&req), "Be brief.user\nHi\nassistant\nHello\n");
+        let req = ParsedRequest::parse(br#"{"model":"c","system":"sys","messages":[]}"#).unwrap();
+        assert_eq!(text(&req), "sys");
     }
 
     #[test]

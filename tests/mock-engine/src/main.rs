@@ -8,6 +8,7 @@
 //! It exports vLLM/SGLang-style Prometheus metrics and lets tests inject
 //! faults through `/admin/*`.
 
+mod anthropic;
 mod cache;
 mod embed;
 mod engine;

@@ -59,6 +59,8 @@ impl IntoResponse for ApiError {
 pub(crate) enum Kind {
     Chat,
     Completion,
+    /// Anthropic Messages API (see [`crate::anthropic`]).
+    Messages,
 }
 
 /// The parts of a chat/completions request the mock acts on.
@@ -98,6 +100,10 @@ pub(crate) fn parse_gen(
     let prompt = match kind {
         Kind::Chat => chat_prompt(body.get("messages"))?,
         Kind::Completion => completion_prompt(body.get("prompt"))?,
+        Kind::Messages => {
+            crate::anthropic::system_prompt(body.get("system"))?
+                + &chat_prompt(body.get("messages"))?
+        }
     };
     let max = ["max_completion_tokens", "max_tokens"]
         .iter()
@@ -222,6 +228,7 @@ pub(crate) fn full_response(kind: Kind, meta: &Meta, n: u64, usage: Value) -> Va
         Kind::Completion => json!({
             "index": 0, "text": text, "logprobs": null, "finish_reason": "length", "stop_reason": null,
         }),
+        Kind::Messages => return crate::anthropic::full_response(meta, n, usage),
     };
     json!({
         "id": meta.id,

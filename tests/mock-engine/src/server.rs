@@ -31,6 +31,7 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(crate::embed::handle))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { StatusCode::OK }))
@@ -74,6 +75,12 @@ async fn completions(
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+async fn messages(State(engine): State<Arc<Engine>>, headers: HeaderMap, body: Bytes) -> Response {
+    generate(engine, &headers, &body, Kind::Messages)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 async fn generate(
     engine: Arc<Engine>,
     headers: &HeaderMap,
@@ -93,10 +100,10 @@ async fn generate(
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "engine shutting down"))?;
     let prefill = engine.prefill(&req.prompt, true).await;
     let meta = Meta {
-        id: engine.next_id(if kind == Kind::Chat {
-            "chatcmpl"
-        } else {
-            "cmpl"
+        id: engine.next_id(match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+            Kind::Messages => "msg",
         }),
         created: Engine::now_unix(),
         model: req.model.clone(),
@@ -124,7 +131,11 @@ async fn generate(
     sleep_us(decode_us.saturating_mul(req.max_tokens.saturating_sub(1))).await;
     engine.metrics.add_generated(req.max_tokens);
     drop(slot);
-    let usage = openai::usage(prefill.prompt_tokens, req.max_tokens, prefill.cached_tokens);
+    let usage = if kind == Kind::Messages {
+        crate::anthropic::usage(prefill.prompt_tokens, req.max_tokens, prefill.cached_tokens)
+    } else {
+        openai::usage(prefill.prompt_tokens, req.max_tokens, prefill.cached_tokens)
+    };
     let json = openai::full_response(kind, &meta, req.max_tokens, usage);
     Ok((out_headers, Json(json)).into_response())
 }

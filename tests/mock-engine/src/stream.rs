@@ -1,4 +1,5 @@
-//! Server-sent-event streaming of generated tokens, one frame per token.
+//! Server-sent-event streaming of generated tokens, one frame per token
+//! (OpenAI chunks, or Anthropic events framed by [`crate::anthropic`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub(crate) struct TokenStream {
 }
 
 enum Step {
+    /// Anthropic only: `message_start` before the first token.
+    Start,
     Token(u64),
     Usage,
     Done,
@@ -44,8 +47,12 @@ struct State {
 pub(crate) fn body(s: TokenStream) -> Body {
     let state = State {
         next_at: Instant::now(),
+        step: if s.kind == Kind::Messages {
+            Step::Start
+        } else {
+            Step::Token(0)
+        },
         s,
-        step: Step::Token(0),
     };
     let stream = futures::stream::unfold(state, |mut st| async move {
         let frame = next_frame(&mut st).await?;
@@ -57,6 +64,12 @@ pub(crate) fn body(s: TokenStream) -> Body {
 async fn next_frame(st: &mut State) -> Option<Bytes> {
     let s = &st.s;
     match st.step {
+        Step::Start => {
+            let p = s.prefill;
+            st.step = Step::Token(0);
+            let usage = crate::anthropic::usage(p.prompt_tokens, 0, p.cached_tokens);
+            Some(crate::anthropic::start(&s.meta, usage))
+        }
         Step::Token(i) => {
             let decode_us = s.engine.args.decode_us_per_token;
             if decode_us > 0 {
@@ -69,13 +82,27 @@ async fn next_frame(st: &mut State) -> Option<Bytes> {
                 m.observe_ttft(s.start.elapsed());
             }
             let last = i + 1 >= s.tokens;
-            let frame = sse(&token_chunk(s, i, last));
-            st.step = match (last, s.include_usage) {
+            let anthropic = s.kind == Kind::Messages;
+            let frame = if anthropic {
+                crate::anthropic::token(i)
+            } else {
+                sse(&token_chunk(s, i, last))
+            };
+            // An Anthropic stream always reports usage (`message_delta`).
+            st.step = match (last, s.include_usage || anthropic) {
                 (false, _) => Step::Token(i + 1),
                 (true, true) => Step::Usage,
                 (true, false) => Step::Done,
             };
             Some(frame)
+        }
+        Step::Usage if s.kind == Kind::Messages => {
+            st.step = Step::Done;
+            Some(crate::anthropic::finish(s.tokens))
+        }
+        Step::Done if s.kind == Kind::Messages => {
+            st.step = Step::End;
+            Some(crate::anthropic::stop())
         }
         Step::Usage => {
             let p = s.prefill;
@@ -97,7 +124,7 @@ async fn next_frame(st: &mut State) -> Option<Bytes> {
 fn envelope(s: &TokenStream) -> Value {
     let object = match s.kind {
         Kind::Chat => "chat.completion.chunk",
-        Kind::Completion => "text_completion",
+        Kind::Completion | Kind::Messages => "text_completion",
     };
     json!({"id": s.meta.id, "object": object, "created": s.meta.created, "model": s.meta.model})
 }
@@ -114,7 +141,7 @@ fn token_chunk(s: &TokenStream, i: u64, last: bool) -> Value {
             };
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
         }
-        Kind::Completion => {
+        Kind::Completion | Kind::Messages => {
             json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
         }
     };

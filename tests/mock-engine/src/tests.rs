@@ -193,3 +193,65 @@ async fn fault_injection_and_recovery() {
         serde_json::from_str(&call(addr, "GET", "/v1/models", "", &[]).await.body).unwrap();
     assert_eq!(models["data"][0]["id"], "mock-model");
 }
+
+#[tokio::test]
+async fn anthropic_messages_json_and_stream() {
+    let addr = start(&[]).await;
+    let body = json!({"model": "mock-model", "max_tokens": 3, "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]});
+    let r = call(addr, "POST", "/v1/messages", &body.to_string(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], "tok0 tok1 tok2");
+    let prompt: u64 = r.headers["x-prompt-tokens"].parse().unwrap();
+    let usage = &v["usage"];
+    assert_eq!(usage["output_tokens"], 3);
+    assert_eq!(
+        usage["input_tokens"].as_u64().unwrap()
+            + usage["cache_read_input_tokens"].as_u64().unwrap(),
+        prompt
+    );
+    // The same request streamed.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let r = call(addr, "POST", "/v1/messages", &stream.to_string(), &[]).await;
+    assert!(r.headers["content-type"].starts_with("text/event-stream"));
+    let events: Vec<(&str, Value)> = r
+        .body
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            let data = data.strip_prefix("data: ").unwrap();
+            (
+                name.strip_prefix("event: ").unwrap(),
+                serde_json::from_str(data).unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    for (name, data) in &events {
+        assert_eq!(data["type"], *name);
+    }
+    let start_usage = &events[0].1["message"]["usage"];
+    assert_eq!(
+        start_usage["input_tokens"].as_u64().unwrap()
+            + start_usage["cache_read_input_tokens"].as_u64().unwrap(),
+        prompt
+    );
+    assert_eq!(events[6].1["usage"]["output_tokens"], 3);
+}
