@@ -8,7 +8,10 @@ use std::sync::atomic::Ordering;
 use crate::excerpt::excerpt;
 use crate::openai::PromptPieces;
 use crate::pool::{InFlight, Member, ModelPool, Pools};
-use crate::routing::{self, BlockHasher, PodView, PrefixIndex, Strategy, UnknownStrategy};
+use crate::routing::{
+    self, BlockHasher, DecidedBy, PodView, PrefixIndex, Profile, ProfileError, Signals, Strategy,
+    UnknownStrategy,
+};
 
 /// Why a request could not be routed (the ext_proc layer maps each to an
 /// HTTP status and an OpenAI error body).
@@ -18,6 +21,8 @@ pub enum RouteError {
     UnknownModel(String),
     #[error("{0}")]
     UnknownStrategy(#[from] UnknownStrategy),
+    #[error("invalid weighted routing-strategy: {0}")]
+    BadWeights(#[from] ProfileError),
     #[error("no ready endpoint for model `{0}`")]
     NoReadyEndpoint(String),
 }
@@ -46,11 +51,35 @@ pub struct RouteRequest<'a> {
     pub subset: Option<&'a [std::net::SocketAddr]>,
 }
 
+/// A `routing-strategy` value: a strategy name, or weighted scorers when
+/// it has a `:` or `,`.
+enum Plan {
+    One(Strategy),
+    Weighted(Profile),
+}
+
+impl Plan {
+    fn parse(header: &str) -> Result<Self, RouteError> {
+        if header.contains([':', ',']) {
+            Ok(Self::Weighted(Profile::parse_weighted(header)?))
+        } else {
+            Ok(Self::One(header.parse()?))
+        }
+    }
+
+    fn reads_prompt(&self) -> bool {
+        match self {
+            Self::One(s) => s.reads_prompt(),
+            Self::Weighted(p) => p.reads_prompt(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Decision {
     pub pool: Arc<ModelPool>,
     pub member: Member,
-    pub strategy: Strategy,
+    pub by: DecidedBy,
     pub in_flight: InFlight,
     /// Prefix blocks to record for the chosen pod once the reply is out.
     pub prefix_blocks: Vec<u64>,
@@ -90,7 +119,7 @@ impl Router {
     /// An unknown name reads nothing: [`Router::decide`] rejects it.
     pub fn reads_prompt(&self, strategy: Option<&str>) -> bool {
         match strategy {
-            Some(name) => name.parse().is_ok_and(Strategy::reads_prompt),
+            Some(header) => Plan::parse(header).is_ok_and(|p| p.reads_prompt()),
             None => self.pools.load().reads_prompt,
         }
     }
@@ -100,9 +129,9 @@ impl Router {
         let pool = snapshot
             .model(req.model)
             .ok_or_else(|| RouteError::UnknownModel(excerpt(req.model)))?;
-        let strategy = match req.strategy {
-            Some(name) => name.parse()?,
-            None => pool.strategy.unwrap_or(snapshot.settings.default_strategy),
+        let plan = match req.strategy {
+            Some(header) => Plan::parse(header)?,
+            None => Plan::One(pool.strategy.unwrap_or(snapshot.settings.default_strategy)),
         };
         let (views, members): (Vec<PodView>, Vec<&Member>) = pool
             .members
@@ -116,6 +145,40 @@ impl Router {
         }
         let tie = next_random();
         let mut prefix_blocks = Vec::new();
+        let prefix_blocks_of = |pool: &ModelPool| {
+            let prefix = &snapshot.settings.prefix;
+            let mut hasher =
+                BlockHasher::new(pool.seed, prefix.block_bytes, prefix.max_blocks_per_request);
+            for piece in req.prompt.into_iter().flat_map(|p| p.iter()) {
+                hasher.push(piece.as_bytes());
+            }
+            hasher.finish()
+        };
+        let strategy = match plan {
+            Plan::One(strategy) => strategy,
+            Plan::Weighted(profile) => {
+                let mut depths = vec![0; views.len()];
+                if profile.reads_prompt() {
+                    prefix_blocks = prefix_blocks_of(pool);
+                    self.prefix
+                        .match_depths(&prefix_blocks, &views, &mut depths);
+                }
+                let session = req
+                    .session
+                    .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
+                let signals = Signals {
+                    depths: &depths,
+                    prompt_blocks: prefix_blocks.len(),
+                    session,
+                };
+                let mut scores = Vec::with_capacity(views.len());
+                routing::score(&profile, &views, &signals, &mut scores);
+                // The same prompt (or session) breaks ties the same way.
+                let key = prefix_blocks.first().copied().or(session).unwrap_or(tie);
+                let chosen = routing::pick(profile.picker, &views, &scores, key);
+                return Ok(self.decided(pool, members[chosen], DecidedBy::Weighted, prefix_blocks));
+            }
+        };
         let chosen = match strategy {
             Strategy::Random => routing::random(&views, tie),
             Strategy::RoundRobin => {
@@ -132,33 +195,43 @@ impl Router {
                 None => routing::least_request(&views, tie),
             },
             Strategy::PrefixCache => {
-                let prefix = &snapshot.settings.prefix;
-                let mut hasher =
-                    BlockHasher::new(pool.seed, prefix.block_bytes, prefix.max_blocks_per_request);
-                for piece in req.prompt.into_iter().flat_map(|p| p.iter()) {
-                    hasher.push(piece.as_bytes());
-                }
-                prefix_blocks = hasher.finish();
+                prefix_blocks = prefix_blocks_of(pool);
                 let mut depths = vec![0; views.len()];
                 self.prefix
                     .match_depths(&prefix_blocks, &views, &mut depths);
-                routing::prefix_cache(&views, &depths, tie, &prefix.params)
+                routing::prefix_cache(&views, &depths, tie, &snapshot.settings.prefix.params)
             }
         };
-        let member = members[chosen].clone();
-        member.counters.decisions[strategy.index()].fetch_add(1, Ordering::Relaxed);
+        Ok(self.decided(
+            pool,
+            members[chosen],
+            DecidedBy::Strategy(strategy),
+            prefix_blocks,
+        ))
+    }
+
+    /// Counts the choice and starts the pod's in-flight count.
+    fn decided(
+        &self,
+        pool: &Arc<ModelPool>,
+        member: &Member,
+        by: DecidedBy,
+        prefix_blocks: Vec<u64>,
+    ) -> Decision {
+        let member = member.clone();
+        member.counters.decisions[by.index()].fetch_add(1, Ordering::Relaxed);
         if pool.vip.is_some() {
             // Connection-level traffic to the VIP follows the same choice;
             // the datapath reads it off this path (within its VIP period).
             pool.vip_choice.store(member.endpoint.id, Ordering::Relaxed);
         }
-        Ok(Decision {
+        Decision {
             pool: pool.clone(),
             in_flight: member.endpoint.start(),
             member,
-            strategy,
+            by,
             prefix_blocks,
-        })
+        }
     }
 
     /// Called once the routing reply was handed to the transport: queues the

@@ -33,7 +33,9 @@ pub enum RequestError {
 impl RequestError {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Parse(_) | Self::Route(RouteError::UnknownStrategy(_)) | Self::NoBody => 400,
+            Self::Parse(_)
+            | Self::Route(RouteError::UnknownStrategy(_) | RouteError::BadWeights(_))
+            | Self::NoBody => 400,
             Self::Route(RouteError::UnknownModel(_)) => 404,
             Self::BodyTooLarge { .. } => 413,
             Self::TooManyHeaders { .. } => 431,
@@ -45,7 +47,9 @@ impl RequestError {
         match self {
             Self::Parse(ParseError::InvalidJson(_)) => ErrorKind::InvalidJson,
             Self::Parse(ParseError::MissingModel) => ErrorKind::MissingModel,
-            Self::Route(RouteError::UnknownStrategy(_)) => ErrorKind::UnknownStrategy,
+            Self::Route(RouteError::UnknownStrategy(_) | RouteError::BadWeights(_)) => {
+                ErrorKind::UnknownStrategy
+            }
             Self::Route(RouteError::UnknownModel(_)) => ErrorKind::UnknownModel,
             Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             Self::TooManyHeaders { .. } => ErrorKind::TooManyHeaders,
@@ -146,6 +150,10 @@ mod tests {
             (RequestError::Parse(ParseError::MissingModel), 400),
             (
                 RouteError::UnknownStrategy(UnknownStrategy("z".into())).into(),
+                400,
+            ),
+            (
+                RouteError::BadWeights(crate::routing::ProfileError::Duplicate("q".into())).into(),
                 400,
             ),
             (RouteError::UnknownModel("m".into()).into(), 404),

@@ -161,7 +161,7 @@ impl StreamState {
                         set_headers([
                             ("target-pod", &*d.member.endpoint.addr_text),
                             ("x-request-id", self.request_id.as_str()),
-                            ("x-steer-strategy", d.strategy.name()),
+                            ("x-steer-strategy", d.by.name()),
                         ]),
                     ),
                     None => reply::proceed(Phase::ResponseHeaders),
@@ -413,7 +413,7 @@ impl StreamState {
             &SteerMeta {
                 pod: endpoint,
                 model: &d.pool.name,
-                strategy: d.strategy.name(),
+                strategy: d.by.name(),
             },
         )
     }

@@ -822,3 +822,59 @@ fn messages_api_requests_are_routed_and_their_errors_are_anthropic_shaped() {
     assert_eq!(v["error"]["type"], "not_found_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
 }
+
+#[test]
+fn weighted_routing_strategy_header_scores_and_is_counted_as_weighted() {
+    let shared = shared_with("max_body_bytes: 100000\n");
+    let chat = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "shared system prompt ".repeat(40)
+    );
+    let weighted = [("routing-strategy", "prefix-cache:3, least-request:1")];
+    let route = |extra: &[(&str, &str)]| {
+        let mut s = StreamState::new(shared.clone());
+        send(&mut s, headers(false, extra), Some(BodySendMode::Buffered));
+        let r = send(&mut s, body(&chat, true), None);
+        s.after_reply();
+        (r, s)
+    };
+    let (r, first) = route(&weighted);
+    let pod = set_header(&r[0], "target-pod").unwrap().to_owned();
+    assert_eq!(steer_metadata(&r[0], "strategy"), Some("weighted"));
+    // The first pod still holds one request: queue prefers the other pod, but
+    // prefix (3×) keeps the prompt on the pod that holds its blocks.
+    let (r, _second) = route(&weighted);
+    assert_eq!(set_header(&r[0], "target-pod"), Some(pod.as_str()));
+    let member = &first.decision().unwrap().member;
+    assert_eq!(
+        member.counters.decisions[crate::routing::DecidedBy::Weighted.index()]
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // Queue alone sends the next one to the idle pod.
+    let (r, _third) = route(&[("routing-strategy", "least-request:1,least-kv-cache:1")]);
+    assert_ne!(set_header(&r[0], "target-pod"), Some(pod.as_str()));
+    // A bad weighted value is a 400 naming the culprit.
+    for bad in ["prefix-cache:x", "random:1,queue:1", "queue,queue"] {
+        let mut s = StreamState::new(shared.clone());
+        send(
+            &mut s,
+            headers(false, &[("routing-strategy", bad)]),
+            Some(BodySendMode::Buffered),
+        );
+        let r = send(&mut s, body(&chat, true), None);
+        assert_eq!(status(&r[0]), Some(400), "{bad}");
+        let Some(Response::ImmediateResponse(i)) = &r[0].response else {
+            panic!("an immediate response");
+        };
+        let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_routing_strategy", "{bad}");
+        let culprit = ["`x`", "`random`", "`queue` is weighted twice"];
+        assert!(
+            culprit
+                .iter()
+                .any(|c| v["error"]["message"].as_str().unwrap().contains(c)),
+            "{v}"
+        );
+    }
+}

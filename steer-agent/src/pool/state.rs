@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crate::routing::{PodView, Strategy};
+use crate::routing::{DecidedBy, PodView};
 
 use arc_swap::ArcSwap;
 
@@ -158,7 +158,8 @@ impl Drop for InFlight {
 /// Counters of one (model, pod) pair.
 #[derive(Debug, Default)]
 pub struct MemberCounters {
-    pub decisions: [AtomicU64; Strategy::ALL.len()],
+    /// Per [`DecidedBy::index`].
+    pub decisions: [AtomicU64; DecidedBy::ALL.len()],
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
 }

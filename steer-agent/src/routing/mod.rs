@@ -9,6 +9,7 @@ mod balance;
 mod prefix;
 mod prefix_index;
 mod prefix_table;
+mod scheduler;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ pub use balance::{
 };
 pub use prefix::{BlockHasher, PrefixParams, prefix_cache};
 pub use prefix_index::PrefixIndex;
+pub use scheduler::{Picker, Profile, ProfileError, Scorer, Signals, pick, score};
 
 /// What a strategy sees of one ready pod at decision time.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,6 +94,42 @@ impl Strategy {
     /// Whether routing reads the prompt text (else the body parse skips it).
     pub fn reads_prompt(self) -> bool {
         self == Self::PrefixCache
+    }
+}
+
+/// What made a decision: one strategy, or a weighted header
+/// (`routing-strategy: prefix-cache:2,least-request:1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    Strategy(Strategy),
+    Weighted,
+}
+
+impl DecidedBy {
+    pub const ALL: [DecidedBy; Strategy::ALL.len() + 1] = {
+        let mut all = [DecidedBy::Weighted; Strategy::ALL.len() + 1];
+        let mut i = 0;
+        while i < Strategy::ALL.len() {
+            all[i] = DecidedBy::Strategy(Strategy::ALL[i]);
+            i += 1;
+        }
+        all
+    };
+
+    /// The `strategy` label of metrics and of the `steer` metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Strategy(s) => s.name(),
+            Self::Weighted => "weighted",
+        }
+    }
+
+    /// Dense index, for per-member counters in arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Strategy(s) => s.index(),
+            Self::Weighted => Strategy::ALL.len(),
+        }
     }
 }
 

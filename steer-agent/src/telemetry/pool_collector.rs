@@ -9,7 +9,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 
 use super::collector::{Families, ScrapeCollector};
 use crate::pool::Pools;
-use crate::routing::Strategy;
+use crate::routing::DecidedBy;
 
 pub type PoolCollector = ScrapeCollector<Arc<Pools>, PoolFamilies>;
 
@@ -142,11 +142,11 @@ impl Families<Arc<Pools>> for PoolFamilies {
             for member in &pool.members {
                 let labels = [&*pool.name, &*member.endpoint.addr_text];
                 let c = &member.counters;
-                for strategy in Strategy::ALL {
-                    let n = c.decisions[strategy.index()].load(Ordering::Relaxed);
+                for by in DecidedBy::ALL {
+                    let n = c.decisions[by.index()].load(Ordering::Relaxed);
                     if n > 0 {
                         f.decisions
-                            .with_label_values(&[labels[0], labels[1], strategy.name()])
+                            .with_label_values(&[labels[0], labels[1], by.name()])
                             .inc_by(n);
                     }
                 }

@@ -277,3 +277,74 @@ async fn least_kv_cache_avoids_a_pod_with_a_full_cache() {
     drop(held);
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_routing_strategy_header_mixes_scorers() {
+    let stack = common::stack(&["m", "m", "m"], "round-robin").await;
+    let client = Client::default();
+    let send = |strategy: &'static str, session: &'static str, prompt: String| {
+        let client = client.clone();
+        let gateway = stack.gateway();
+        async move {
+            let mut headers = vec![("routing-strategy", strategy)];
+            if !session.is_empty() {
+                headers.push(("x-session-id", session));
+            }
+            client
+                .post(
+                    gateway,
+                    "/v1/chat/completions",
+                    &headers,
+                    chat_body("m", &prompt, false, 1),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Session scorer alone: one session, one pod.
+    let mut pods = std::collections::HashSet::new();
+    for i in 0..6 {
+        let reply = send("session-affinity:1", "alice", format!("q{i}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-steer-strategy"), Some("weighted"));
+        pods.insert(reply.header("target-pod").unwrap().to_owned());
+    }
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    // Prefix (3×) over queue (1×): a repeated system prompt stays on its pod.
+    let system = "You are the weighted-routing test assistant. ".repeat(60);
+    let mut homes = std::collections::HashSet::new();
+    for i in 0..6 {
+        let reply = send(
+            "prefix-cache:3,least-request:1",
+            "",
+            format!("{system}q{i}"),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        homes.insert(reply.header("target-pod").unwrap().to_owned());
+    }
+    assert_eq!(homes.len(), 1, "the shared prefix keeps one pod: {homes:?}");
+    // A bad weight is the agent's 400, naming it.
+    let reply = send("prefix-cache:lots", "", "x".into()).await;
+    assert_eq!(reply.status, 400);
+    let error = reply.json().unwrap();
+    assert_eq!(
+        error["error"]["code"], "invalid_routing_strategy",
+        "{error}"
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`lots`"),
+        "{error}"
+    );
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
+    let weighted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("steer_decisions_total{") && l.contains("strategy=\"weighted\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(weighted, 12.0);
+    common::assert_idle(&stack).await;
+}
