@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(s.models["sql-lora"].endpoints, vec![a]);
         assert_eq!(
             s.models["sql-lora"].strategy,
-            Some(crate::routing::Strategy::PrefixCache)
+            Some(crate::routing::Strategy::PrefixCache.into())
         );
         assert_eq!(s.models["chat-lora"].endpoints, vec![a]);
         assert_eq!(

@@ -46,7 +46,7 @@ impl Overrides {
 
     pub fn apply(&self, settings: &mut Settings) {
         if let Some(strategy) = self.default_strategy {
-            settings.default_strategy = strategy;
+            settings.default_strategy = strategy.into();
         }
         settings.discover_models |= self.discover_models;
         let d = &mut settings.datapath;
@@ -102,7 +102,7 @@ mod tests {
         ] {
             let mut s = settings(yaml);
             overrides.apply(&mut s);
-            assert_eq!(s.default_strategy, Strategy::RoundRobin);
+            assert_eq!(s.default_strategy, Strategy::RoundRobin.into());
             assert_eq!(s.datapath.mode, DatapathMode::Off);
             assert_eq!(s.datapath.interfaces, ["lo"]);
         }

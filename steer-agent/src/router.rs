@@ -5,12 +5,13 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::config::Settings;
 use crate::excerpt::excerpt;
 use crate::openai::PromptPieces;
 use crate::pool::{InFlight, Member, ModelPool, Pools};
 use crate::routing::{
-    self, BlockHasher, DecidedBy, PodView, PrefixIndex, Profile, ProfileError, Signals, Strategy,
-    UnknownStrategy,
+    self, BlockHasher, DecidedBy, NamedProfile, PodView, Policy, PrefixIndex, Profile,
+    ProfileError, Signals, Strategy, UnknownStrategy,
 };
 
 /// Why a request could not be routed (the ext_proc layer maps each to an
@@ -51,15 +52,22 @@ pub struct RouteRequest<'a> {
     pub subset: Option<&'a [std::net::SocketAddr]>,
 }
 
-/// A `routing-strategy` value: a strategy name, or weighted scorers when
-/// it has a `:` or `,`.
+/// How one request is routed: a strategy, a profile from the config (its
+/// index), or weighted scorers from the header.
 enum Plan {
     One(Strategy),
+    Named(usize),
     Weighted(Profile),
 }
 
 impl Plan {
-    fn parse(header: &str) -> Result<Self, RouteError> {
+    /// A `routing-strategy` value: a profile's name, a strategy's name, or
+    /// weighted scorers when it has a `:` or `,`.
+    fn parse(header: &str, profiles: &[NamedProfile]) -> Result<Self, RouteError> {
+        let header = header.trim();
+        if let Some(i) = profiles.iter().position(|p| &*p.name == header) {
+            return Ok(Self::Named(i));
+        }
         if header.contains([':', ',']) {
             Ok(Self::Weighted(Profile::parse_weighted(header)?))
         } else {
@@ -67,9 +75,10 @@ impl Plan {
         }
     }
 
-    fn reads_prompt(&self) -> bool {
+    fn reads_prompt(&self, profiles: &[NamedProfile]) -> bool {
         match self {
             Self::One(s) => s.reads_prompt(),
+            Self::Named(i) => profiles.get(*i).is_some_and(|p| p.profile.reads_prompt()),
             Self::Weighted(p) => p.reads_prompt(),
         }
     }
@@ -119,7 +128,10 @@ impl Router {
     /// An unknown name reads nothing: [`Router::decide`] rejects it.
     pub fn reads_prompt(&self, strategy: Option<&str>) -> bool {
         match strategy {
-            Some(header) => Plan::parse(header).is_ok_and(|p| p.reads_prompt()),
+            Some(header) => {
+                let profiles = &self.pools.load().settings.profiles;
+                Plan::parse(header, profiles).is_ok_and(|p| p.reads_prompt(profiles))
+            }
             None => self.pools.load().reads_prompt,
         }
     }
@@ -129,9 +141,13 @@ impl Router {
         let pool = snapshot
             .model(req.model)
             .ok_or_else(|| RouteError::UnknownModel(excerpt(req.model)))?;
+        let profiles = &snapshot.settings.profiles;
         let plan = match req.strategy {
-            Some(header) => Plan::parse(header)?,
-            None => Plan::One(pool.strategy.unwrap_or(snapshot.settings.default_strategy)),
+            Some(header) => Plan::parse(header, profiles)?,
+            None => match pool.strategy.unwrap_or(snapshot.settings.default_strategy) {
+                Policy::Strategy(s) => Plan::One(s),
+                Policy::Profile(i) => Plan::Named(i),
+            },
         };
         let (views, members): (Vec<PodView>, Vec<&Member>) = pool
             .members
@@ -145,69 +161,78 @@ impl Router {
         }
         let tie = next_random();
         let mut prefix_blocks = Vec::new();
-        let prefix_blocks_of = |pool: &ModelPool| {
-            let prefix = &snapshot.settings.prefix;
-            let mut hasher =
-                BlockHasher::new(pool.seed, prefix.block_bytes, prefix.max_blocks_per_request);
-            for piece in req.prompt.into_iter().flat_map(|p| p.iter()) {
-                hasher.push(piece.as_bytes());
-            }
-            hasher.finish()
-        };
-        let strategy = match plan {
-            Plan::One(strategy) => strategy,
-            Plan::Weighted(profile) => {
-                let mut depths = vec![0; views.len()];
-                if profile.reads_prompt() {
-                    prefix_blocks = prefix_blocks_of(pool);
-                    self.prefix
-                        .match_depths(&prefix_blocks, &views, &mut depths);
-                }
-                let session = req
-                    .session
-                    .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
-                let signals = Signals {
-                    depths: &depths,
-                    prompt_blocks: prefix_blocks.len(),
-                    session,
-                };
-                let mut scores = Vec::with_capacity(views.len());
-                routing::score(&profile, &views, &signals, &mut scores);
-                // The same prompt (or session) breaks ties the same way.
-                let key = prefix_blocks.first().copied().or(session).unwrap_or(tie);
-                let chosen = routing::pick(profile.picker, &views, &scores, key);
-                return Ok(self.decided(pool, members[chosen], DecidedBy::Weighted, prefix_blocks));
-            }
-        };
-        let chosen = match strategy {
-            Strategy::Random => routing::random(&views, tie),
-            Strategy::RoundRobin => {
-                routing::round_robin(&views, pool.round_robin.fetch_add(1, Ordering::Relaxed))
-            }
-            Strategy::LeastRequest => routing::least_request(&views, tie),
-            Strategy::LeastKvCache => routing::least_kv_cache(&views, tie),
-            Strategy::LeastLatency => routing::least_latency(&views, tie),
-            Strategy::SessionAffinity => match req.session {
-                Some(session) => routing::session_affinity(
+        let (profile, by) = match plan {
+            Plan::One(strategy) => {
+                let chosen = self.by_strategy(
+                    strategy,
+                    req,
+                    (&snapshot.settings, pool),
                     &views,
-                    xxhash_rust::xxh3::xxh3_64(session.as_bytes()),
-                ),
-                None => routing::least_request(&views, tie),
+                    tie,
+                    &mut prefix_blocks,
+                );
+                let by = DecidedBy::Strategy(strategy);
+                return Ok(self.decided(pool, members[chosen], by, prefix_blocks));
+            }
+            Plan::Named(i) => {
+                let named = &profiles[i];
+                (&named.profile, DecidedBy::Profile(i, named.name.clone()))
+            }
+            Plan::Weighted(ref profile) => (profile, DecidedBy::Weighted),
+        };
+        let mut depths = vec![0; views.len()];
+        if profile.reads_prompt() {
+            prefix_blocks = prefix_blocks_for(&snapshot.settings, pool, req);
+            self.prefix
+                .match_depths(&prefix_blocks, &views, &mut depths);
+        }
+        let session = req
+            .session
+            .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
+        let signals = Signals {
+            depths: &depths,
+            prompt_blocks: prefix_blocks.len(),
+            session,
+        };
+        let mut scores = Vec::with_capacity(views.len());
+        routing::score(profile, &views, &signals, &mut scores);
+        // The same prompt (or session) breaks ties the same way.
+        let key = prefix_blocks.first().copied().or(session).unwrap_or(tie);
+        let chosen = routing::pick(profile.picker, &views, &scores, key, tie);
+        Ok(self.decided(pool, members[chosen], by, prefix_blocks))
+    }
+
+    /// One strategy's choice among `views`.
+    fn by_strategy(
+        &self,
+        strategy: Strategy,
+        req: &RouteRequest<'_>,
+        (settings, pool): (&Settings, &ModelPool),
+        views: &[PodView],
+        tie: u64,
+        prefix_blocks: &mut Vec<u64>,
+    ) -> usize {
+        match strategy {
+            Strategy::Random => routing::random(views, tie),
+            Strategy::RoundRobin => {
+                routing::round_robin(views, pool.round_robin.fetch_add(1, Ordering::Relaxed))
+            }
+            Strategy::LeastRequest => routing::least_request(views, tie),
+            Strategy::LeastKvCache => routing::least_kv_cache(views, tie),
+            Strategy::LeastLatency => routing::least_latency(views, tie),
+            Strategy::SessionAffinity => match req.session {
+                Some(session) => {
+                    routing::session_affinity(views, xxhash_rust::xxh3::xxh3_64(session.as_bytes()))
+                }
+                None => routing::least_request(views, tie),
             },
             Strategy::PrefixCache => {
-                prefix_blocks = prefix_blocks_of(pool);
+                *prefix_blocks = prefix_blocks_for(settings, pool, req);
                 let mut depths = vec![0; views.len()];
-                self.prefix
-                    .match_depths(&prefix_blocks, &views, &mut depths);
-                routing::prefix_cache(&views, &depths, tie, &snapshot.settings.prefix.params)
+                self.prefix.match_depths(prefix_blocks, views, &mut depths);
+                routing::prefix_cache(views, &depths, tie, &settings.prefix.params)
             }
-        };
-        Ok(self.decided(
-            pool,
-            members[chosen],
-            DecidedBy::Strategy(strategy),
-            prefix_blocks,
-        ))
+        }
     }
 
     /// Counts the choice and starts the pod's in-flight count.
@@ -219,7 +244,12 @@ impl Router {
         prefix_blocks: Vec<u64>,
     ) -> Decision {
         let member = member.clone();
-        member.counters.decisions[by.index()].fetch_add(1, Ordering::Relaxed);
+        let counter = match (&by, by.slot()) {
+            (_, Some(slot)) => &member.counters.decisions[slot],
+            (DecidedBy::Profile(i, _), None) => &member.profile_decisions[*i],
+            _ => unreachable!("only profiles lack a fixed slot"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if pool.vip.is_some() {
             // Connection-level traffic to the VIP follows the same choice;
             // the datapath reads it off this path (within its VIP period).
@@ -261,6 +291,16 @@ impl Router {
             self.prefix.forget_pod(id);
         }
     }
+}
+
+/// The chained block hashes of the request's prompt, seeded by its model.
+fn prefix_blocks_for(settings: &Settings, pool: &ModelPool, req: &RouteRequest<'_>) -> Vec<u64> {
+    let prefix = &settings.prefix;
+    let mut hasher = BlockHasher::new(pool.seed, prefix.block_bytes, prefix.max_blocks_per_request);
+    for piece in req.prompt.into_iter().flat_map(|p| p.iter()) {
+        hasher.push(piece.as_bytes());
+    }
+    hasher.finish()
 }
 
 thread_local! {

@@ -22,7 +22,7 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BODY_BYTES_LIMIT + (64 << 10);
 pub const MAX_INDEX_CAPACITY_BLOCKS: usize = 1 << 27;
 pub use reload::watch_file;
 
-use crate::routing::{PrefixParams, Strategy};
+use crate::routing::{NamedProfile, Policy, PrefixParams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -46,7 +46,9 @@ pub enum ConfigError {
 /// Resolved, validated settings. Swapped whole on hot reload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    pub default_strategy: Strategy,
+    pub default_strategy: Policy,
+    /// `scheduler.profiles`, sorted by name; a [`Policy::Profile`] indexes it.
+    pub profiles: Vec<NamedProfile>,
     pub models: BTreeMap<String, ModelSettings>,
     pub max_body_bytes: usize,
     /// Request body bytes all streams may hold at once; past it new body
@@ -70,7 +72,7 @@ pub struct Settings {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelSettings {
     pub endpoints: Vec<SocketAddr>,
-    pub strategy: Option<Strategy>,
+    pub strategy: Option<Policy>,
     /// Virtual address whose connections the kernel steers to the chosen pod.
     pub vip: Option<SocketAddrV4>,
 }
@@ -164,6 +166,17 @@ pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
 }
 
 impl Settings {
+    /// Whether routing by `policy` reads the prompt.
+    pub fn reads_prompt(&self, policy: Policy) -> bool {
+        match policy {
+            Policy::Strategy(s) => s.reads_prompt(),
+            Policy::Profile(i) => self
+                .profiles
+                .get(i)
+                .is_some_and(|p| p.profile.reads_prompt()),
+        }
+    }
+
     /// File settings (if any) with `--pool` flags layered on top: a flag
     /// replaces the file's endpoints for that model.
     pub fn resolve(file: Option<FileConfig>, flags: &[PoolFlag]) -> Result<Self, ConfigError> {
@@ -195,6 +208,7 @@ pub(crate) fn settings_from_yaml(yaml: &str) -> Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::Strategy;
 
     #[test]
     fn pool_flag_parses_and_rejects() {
@@ -236,8 +250,11 @@ mod tests {
             s.models["qwen"].endpoints,
             vec!["127.0.0.1:1".parse().unwrap()]
         );
-        assert_eq!(s.models["qwen"].strategy, Some(Strategy::PrefixCache));
+        assert_eq!(
+            s.models["qwen"].strategy,
+            Some(Strategy::PrefixCache.into())
+        );
         assert_eq!(s.models["llama"].strategy, None);
-        assert_eq!(s.default_strategy, Strategy::LeastRequest);
+        assert_eq!(s.default_strategy, Strategy::LeastRequest.into());
     }
 }

@@ -847,7 +847,7 @@ fn weighted_routing_strategy_header_scores_and_is_counted_as_weighted() {
     assert_eq!(set_header(&r[0], "target-pod"), Some(pod.as_str()));
     let member = &first.decision().unwrap().member;
     assert_eq!(
-        member.counters.decisions[crate::routing::DecidedBy::Weighted.index()]
+        member.counters.decisions[crate::routing::DecidedBy::Weighted.slot().unwrap()]
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );

@@ -16,14 +16,14 @@ use parking_lot::Mutex;
 
 use super::{EndpointState, Member, MemberCounters};
 use crate::config::Settings;
-use crate::routing::Strategy;
+use crate::routing::Policy;
 
 #[derive(Debug)]
 pub struct ModelPool {
     pub name: Arc<str>,
     /// Seeds prefix hashes so two models never share cache entries.
     pub seed: u64,
-    pub strategy: Option<Strategy>,
+    pub strategy: Option<Policy>,
     pub members: Vec<Member>,
     pub round_robin: AtomicU64,
     /// Kernel-steered virtual address of this model, if configured.
@@ -55,6 +55,7 @@ struct Registry {
     next_id: u32,
     endpoints: HashMap<SocketAddr, Arc<EndpointState>>,
     members: HashMap<(String, SocketAddr), Arc<MemberCounters>>,
+    profile_decisions: HashMap<(String, SocketAddr, Arc<str>), Arc<AtomicU64>>,
 }
 
 #[derive(Debug)]
@@ -121,7 +122,19 @@ impl Registry {
                     .entry((name.clone(), addr))
                     .or_default()
                     .clone();
-                members.push(Member { endpoint, counters });
+                let profile_decisions = settings
+                    .profiles
+                    .iter()
+                    .map(|p| {
+                        let key = (name.clone(), addr, p.name.clone());
+                        self.profile_decisions.entry(key).or_default().clone()
+                    })
+                    .collect();
+                members.push(Member {
+                    endpoint,
+                    counters,
+                    profile_decisions,
+                });
             }
             let pool = ModelPool {
                 name: name.as_str().into(),
@@ -134,11 +147,9 @@ impl Registry {
             };
             models.insert(name.clone(), Arc::new(pool));
         }
-        let reads_prompt = settings.default_strategy.reads_prompt()
-            || settings
-                .models
-                .values()
-                .any(|m| m.strategy.is_some_and(Strategy::reads_prompt));
+        let reads_prompt = std::iter::once(settings.default_strategy)
+            .chain(settings.models.values().filter_map(|m| m.strategy))
+            .any(|p| settings.reads_prompt(p));
         Snapshot {
             generation,
             settings,
@@ -168,11 +179,16 @@ impl Registry {
             }
             keep
         });
-        self.members.retain(|(model, addr), _| {
+        let member = |model: &String, addr: &SocketAddr| {
             snapshot
                 .models
                 .get(model)
                 .is_some_and(|m| m.members.iter().any(|e| e.endpoint.addr == *addr))
+        };
+        self.members.retain(|(model, addr), _| member(model, addr));
+        let profiles = &snapshot.settings.profiles;
+        self.profile_decisions.retain(|(model, addr, profile), _| {
+            member(model, addr) && profiles.iter().any(|p| p.name == *profile)
         });
         removed
     }

@@ -158,8 +158,8 @@ impl Drop for InFlight {
 /// Counters of one (model, pod) pair.
 #[derive(Debug, Default)]
 pub struct MemberCounters {
-    /// Per [`DecidedBy::index`].
-    pub decisions: [AtomicU64; DecidedBy::ALL.len()],
+    /// Per [`DecidedBy::slot`].
+    pub decisions: [AtomicU64; DecidedBy::FIXED.len()],
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
 }
@@ -168,6 +168,9 @@ pub struct MemberCounters {
 pub struct Member {
     pub endpoint: Arc<EndpointState>,
     pub counters: Arc<MemberCounters>,
+    /// Decisions per scheduler profile, in `Settings::profiles` order (kept
+    /// by name across reloads).
+    pub profile_decisions: Arc<[Arc<AtomicU64>]>,
 }
 
 #[cfg(test)]

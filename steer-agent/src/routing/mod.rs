@@ -97,38 +97,66 @@ impl Strategy {
     }
 }
 
-/// What made a decision: one strategy, or a weighted header
-/// (`routing-strategy: prefix-cache:2,least-request:1`).
+/// What routes a model's requests by default: a strategy, or a scheduler
+/// profile from the config (its index in `Settings::profiles`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    Strategy(Strategy),
+    Profile(usize),
+}
+
+impl From<Strategy> for Policy {
+    fn from(s: Strategy) -> Self {
+        Self::Strategy(s)
+    }
+}
+
+/// A scheduler profile from the config, under its name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedProfile {
+    pub name: std::sync::Arc<str>,
+    pub profile: Profile,
+}
+
+/// What made a decision: one strategy, a weighted header
+/// (`routing-strategy: prefix-cache:2,least-request:1`), or a named profile
+/// (its index in `Settings::profiles`, and its name).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecidedBy {
     Strategy(Strategy),
     Weighted,
+    Profile(usize, std::sync::Arc<str>),
 }
 
 impl DecidedBy {
-    pub const ALL: [DecidedBy; Strategy::ALL.len() + 1] = {
-        let mut all = [DecidedBy::Weighted; Strategy::ALL.len() + 1];
-        let mut i = 0;
-        while i < Strategy::ALL.len() {
-            all[i] = DecidedBy::Strategy(Strategy::ALL[i]);
-            i += 1;
-        }
-        all
-    };
+    /// The decisions counted in [`DecidedBy::slot`]s (profiles are counted
+    /// per profile).
+    pub const FIXED: [DecidedBy; Strategy::ALL.len() + 1] = [
+        Self::Strategy(Strategy::Random),
+        Self::Strategy(Strategy::RoundRobin),
+        Self::Strategy(Strategy::LeastRequest),
+        Self::Strategy(Strategy::LeastKvCache),
+        Self::Strategy(Strategy::PrefixCache),
+        Self::Strategy(Strategy::SessionAffinity),
+        Self::Strategy(Strategy::LeastLatency),
+        Self::Weighted,
+    ];
 
     /// The `strategy` label of metrics and of the `steer` metadata.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Self::Strategy(s) => s.name(),
             Self::Weighted => "weighted",
+            Self::Profile(_, name) => name,
         }
     }
 
-    /// Dense index, for per-member counters in arrays.
-    pub fn index(self) -> usize {
+    /// Index among [`DecidedBy::FIXED`], for per-member counters in arrays.
+    pub fn slot(&self) -> Option<usize> {
         match self {
-            Self::Strategy(s) => s.index(),
-            Self::Weighted => Strategy::ALL.len(),
+            Self::Strategy(s) => Some(s.index()),
+            Self::Weighted => Some(Strategy::ALL.len()),
+            Self::Profile(..) => None,
         }
     }
 }
@@ -190,5 +218,18 @@ mod tests {
         let err = "fastest".parse::<Strategy>().unwrap_err();
         assert!(err.to_string().contains("`fastest`"));
         assert!(err.to_string().contains("least-request"));
+    }
+}
+
+#[cfg(test)]
+mod decided_by_tests {
+    use super::*;
+
+    #[test]
+    fn fixed_slots_follow_strategy_order() {
+        for (slot, by) in DecidedBy::FIXED.iter().enumerate() {
+            assert_eq!(by.slot(), Some(slot), "{by:?}");
+        }
+        assert_eq!(DecidedBy::Profile(0, "p".into()).slot(), None);
     }
 }

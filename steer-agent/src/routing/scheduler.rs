@@ -42,6 +42,24 @@ pub enum Picker {
     /// The best score; equal scores are broken by a hash of the request's
     /// key with each pod's address, so the same request picks the same pod.
     MaxScore,
+    /// A pod with probability proportional to its score (uniform when all
+    /// score 0).
+    WeightedRandom,
+    /// The better of two pods drawn at random.
+    PowerOfTwo,
+}
+
+impl Picker {
+    pub const NAMES: [&'static str; 3] = ["max-score", "weighted-random", "power-of-two"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name.trim() {
+            "max-score" => Self::MaxScore,
+            "weighted-random" => Self::WeightedRandom,
+            "power-of-two" => Self::PowerOfTwo,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +70,8 @@ pub struct Profile {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProfileError {
+    #[error("a profile needs at least one scorer")]
+    NoScorer,
     #[error(
         "`{0}` is not a scorer (known: least-request, least-kv-cache, prefix-cache, least-latency, session-affinity)"
     )]
@@ -69,17 +89,25 @@ impl Profile {
     /// `name:weight` pairs separated by commas; a name without `:weight`
     /// weighs 1. Picker: max-score.
     pub fn parse_weighted(text: &str) -> Result<Self, ProfileError> {
+        let items = text.split(',').map(|item| match item.split_once(':') {
+            Some((name, weight)) => (name, Some(weight)),
+            None => (item, None),
+        });
+        Self::from_items(items, Picker::MaxScore)
+    }
+
+    /// `(scorer name, weight text)` pairs; a missing weight is 1.
+    pub fn from_items<'s>(
+        items: impl IntoIterator<Item = (&'s str, Option<&'s str>)>,
+        picker: Picker,
+    ) -> Result<Self, ProfileError> {
         let mut scorers: Vec<(Scorer, u32)> = Vec::new();
-        for item in text.split(',') {
-            let (name, weight) = match item.split_once(':') {
-                Some((name, weight)) => (name.trim(), Some(weight.trim())),
-                None => (item.trim(), None),
-            };
-            let name = name.to_ascii_lowercase();
+        for (name, weight) in items {
+            let name = name.trim().to_ascii_lowercase();
             let excerpt = || crate::excerpt::excerpt(&name);
             let scorer =
                 Scorer::parse(&name).ok_or_else(|| ProfileError::UnknownScorer(excerpt()))?;
-            let weight = match weight {
+            let weight = match weight.map(str::trim) {
                 None => 1,
                 Some(w) => w
                     .parse::<u32>()
@@ -92,10 +120,10 @@ impl Profile {
             }
             scorers.push((scorer, weight));
         }
-        Ok(Self {
-            scorers,
-            picker: Picker::MaxScore,
-        })
+        if scorers.is_empty() {
+            return Err(ProfileError::NoScorer);
+        }
+        Ok(Self { scorers, picker })
     }
 
     pub fn reads_prompt(&self) -> bool {
@@ -167,16 +195,40 @@ fn latency(pods: &[PodView], i: usize) -> f64 {
 }
 
 /// The pod `picker` chooses from `scores`; `key` identifies the request
-/// (prompt, session or a random number) for tie-breaks.
-pub fn pick(picker: Picker, pods: &[PodView], scores: &[f64], key: u64) -> usize {
+/// (prompt, session or a random number) for tie-breaks, `rand` is random.
+pub fn pick(picker: Picker, pods: &[PodView], scores: &[f64], key: u64, rand: u64) -> usize {
+    let better = |a: usize, b: usize| {
+        scores[a]
+            .total_cmp(&scores[b])
+            .then_with(|| tie(key, &pods[a]).cmp(&tie(key, &pods[b])))
+    };
+    let n = pods.len();
     match picker {
-        Picker::MaxScore => (0..pods.len())
-            .max_by(|&a, &b| {
-                scores[a]
-                    .total_cmp(&scores[b])
-                    .then_with(|| tie(key, &pods[a]).cmp(&tie(key, &pods[b])))
-            })
-            .unwrap_or(0),
+        Picker::MaxScore => (0..n).max_by(|&a, &b| better(a, b)).unwrap_or(0),
+        Picker::WeightedRandom => {
+            let total: f64 = scores.iter().map(|s| s.max(0.0)).sum();
+            if total <= 0.0 {
+                return (rand % n as u64) as usize;
+            }
+            // 53 random bits: a point in [0, total).
+            let mut at = (rand >> 11) as f64 / (1u64 << 53) as f64 * total;
+            for (i, s) in scores.iter().enumerate() {
+                at -= s.max(0.0);
+                if at < 0.0 && *s > 0.0 {
+                    return i;
+                }
+            }
+            scores.iter().rposition(|s| *s > 0.0).unwrap_or(n - 1)
+        }
+        Picker::PowerOfTwo => {
+            if n < 2 {
+                return 0;
+            }
+            let a = (rand % n as u64) as usize;
+            // A second, distinct pod from the high bits.
+            let b = (a + 1 + ((rand >> 32) % (n as u64 - 1)) as usize) % n;
+            if better(a, b).is_ge() { a } else { b }
+        }
     }
 }
 
@@ -283,16 +335,57 @@ mod tests {
     #[test]
     fn max_score_picks_the_best_and_breaks_ties_by_request_key() {
         let pods = [pod(1, 0, 0.0, 0), pod(2, 0, 0.0, 0), pod(3, 0, 0.0, 0)];
-        assert_eq!(pick(Picker::MaxScore, &pods, &[0.2, 0.9, 0.5], 7), 1);
+        assert_eq!(pick(Picker::MaxScore, &pods, &[0.2, 0.9, 0.5], 7, 0), 1);
         // All tied: the same key always picks the same pod; keys spread.
         let tied = [0.5; 3];
         let picks: Vec<usize> = (0..300)
-            .map(|k| pick(Picker::MaxScore, &pods, &tied, k))
+            .map(|k| pick(Picker::MaxScore, &pods, &tied, k, 0))
             .collect();
-        assert_eq!(pick(Picker::MaxScore, &pods, &tied, 11), picks[11]);
+        assert_eq!(pick(Picker::MaxScore, &pods, &tied, 11, 99), picks[11]);
         for i in 0..3 {
             let n = picks.iter().filter(|&&p| p == i).count();
             assert!(n > 60, "pod {i} got {n} of 300 ties");
         }
+    }
+
+    fn spread(picker: Picker, scores: &[f64]) -> Vec<u32> {
+        let pods: Vec<PodView> = (0..scores.len() as u8).map(|n| pod(n, 0, 0.0, 0)).collect();
+        let mut hits = vec![0; scores.len()];
+        let mut rand = 0x1234_5678_9abc_def0_u64;
+        for _ in 0..4000 {
+            rand = xxhash_rust::xxh3::xxh3_64(&rand.to_le_bytes());
+            hits[pick(picker, &pods, scores, 0, rand)] += 1;
+        }
+        hits
+    }
+
+    #[test]
+    fn weighted_random_follows_the_scores() {
+        let hits = spread(Picker::WeightedRandom, &[0.0, 1.0, 3.0]);
+        assert_eq!(hits[0], 0, "a pod scoring 0 is never picked");
+        let share = f64::from(hits[2]) / 4000.0;
+        assert!((0.70..0.80).contains(&share), "{hits:?}");
+        let uniform = spread(Picker::WeightedRandom, &[0.0, 0.0]);
+        assert!(uniform.iter().all(|&n| n > 1500), "{uniform:?}");
+    }
+
+    #[test]
+    fn power_of_two_never_picks_the_worst_of_three() {
+        let hits = spread(Picker::PowerOfTwo, &[0.1, 0.5, 0.9]);
+        assert_eq!(hits[0], 0, "{hits:?}");
+        assert!(hits[2] > hits[1], "{hits:?}");
+        assert_eq!(spread(Picker::PowerOfTwo, &[0.3]), [4000]);
+    }
+
+    #[test]
+    fn pickers_by_name() {
+        for name in Picker::NAMES {
+            assert!(Picker::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(Picker::parse("best"), None);
+        assert_eq!(
+            Profile::from_items([], Picker::MaxScore).unwrap_err(),
+            ProfileError::NoScorer
+        );
     }
 }

@@ -142,13 +142,20 @@ impl Families<Arc<Pools>> for PoolFamilies {
             for member in &pool.members {
                 let labels = [&*pool.name, &*member.endpoint.addr_text];
                 let c = &member.counters;
-                for by in DecidedBy::ALL {
-                    let n = c.decisions[by.index()].load(Ordering::Relaxed);
-                    if n > 0 {
-                        f.decisions
-                            .with_label_values(&[labels[0], labels[1], by.name()])
-                            .inc_by(n);
-                    }
+                let fixed = DecidedBy::FIXED
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, by)| (by.name(), c.decisions[slot].load(Ordering::Relaxed)));
+                let profiles = snapshot
+                    .settings
+                    .profiles
+                    .iter()
+                    .zip(&*member.profile_decisions);
+                let profiles = profiles.map(|(p, n)| (&*p.name, n.load(Ordering::Relaxed)));
+                for (name, n) in fixed.chain(profiles).filter(|(_, n)| *n > 0) {
+                    f.decisions
+                        .with_label_values(&[labels[0], labels[1], name])
+                        .inc_by(n);
                 }
                 f.prompt_tokens
                     .with_label_values(&labels)

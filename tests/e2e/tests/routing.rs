@@ -348,3 +348,55 @@ async fn weighted_routing_strategy_header_mixes_scorers() {
     assert_eq!(weighted, 12.0);
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_profiles_from_the_config_route_by_default_and_by_header() {
+    let mut opts = common::opts(&["m", "m", "m"], "sticky");
+    opts.extra_config = "scheduler:\n  profiles:\n    sticky: { scorers: [{session-affinity: 1}] }\n    spread: { scorers: [{queue: 1}], picker: power-of-two }\n".into();
+    let stack = steer_e2e::Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    let mut pods = std::collections::HashSet::new();
+    for i in 0..5 {
+        let reply = client
+            .post(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &[("x-session-id", "alice")],
+                chat_body("m", &format!("q{i}"), false, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-steer-strategy"), Some("sticky"));
+        pods.insert(reply.header("target-pod").unwrap().to_owned());
+    }
+    assert_eq!(
+        pods.len(),
+        1,
+        "the default profile keeps the session: {pods:?}"
+    );
+    for _ in 0..3 {
+        let reply = client
+            .post(
+                stack.gateway(),
+                "/v1/chat/completions",
+                &[("routing-strategy", "spread")],
+                chat_body("m", "x", false, 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-steer-strategy"), Some("spread"));
+    }
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
+    let count = |strategy: &str| -> f64 {
+        let label = format!("strategy=\"{strategy}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("steer_decisions_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!((count("sticky"), count("spread")), (5.0, 3.0), "{metrics}");
+    common::assert_idle(&stack).await;
+}
