@@ -50,6 +50,9 @@ pub struct RouteRequest<'a> {
     pub prompt: Option<&'a PromptPieces<'a>>,
     /// Endpoints the gateway allows (Inference Extension subset hint).
     pub subset: Option<&'a [std::net::SocketAddr]>,
+    /// Prompt + expected completion tokens ([`crate::openai::expected_tokens`]),
+    /// counted against the chosen pod while the request is in flight.
+    pub tokens: u64,
 }
 
 /// How one request is routed: a strategy, a profile from the config (its
@@ -61,17 +64,22 @@ enum Plan {
 }
 
 impl Plan {
-    /// A `routing-strategy` value: a profile's name, a strategy's name, or
-    /// weighted scorers when it has a `:` or `,`.
+    /// A `routing-strategy` value: a profile's name, a strategy's name,
+    /// weighted scorers when it has a `:` or `,`, or one scorer's name.
     fn parse(header: &str, profiles: &[NamedProfile]) -> Result<Self, RouteError> {
         let header = header.trim();
         if let Some(i) = profiles.iter().position(|p| &*p.name == header) {
             return Ok(Self::Named(i));
         }
         if header.contains([':', ',']) {
-            Ok(Self::Weighted(Profile::parse_weighted(header)?))
-        } else {
-            Ok(Self::One(header.parse()?))
+            return Ok(Self::Weighted(Profile::parse_weighted(header)?));
+        }
+        match header.parse() {
+            Ok(strategy) => Ok(Self::One(strategy)),
+            // A scorer without a strategy of its own (`token-load`) alone.
+            Err(unknown) => Profile::parse_weighted(header)
+                .map(Self::Weighted)
+                .map_err(|_| RouteError::UnknownStrategy(unknown)),
         }
     }
 
@@ -172,7 +180,7 @@ impl Router {
                     &mut prefix_blocks,
                 );
                 let by = DecidedBy::Strategy(strategy);
-                return Ok(self.decided(pool, members[chosen], by, prefix_blocks));
+                return Ok(self.decided(pool, members[chosen], by, prefix_blocks, req.tokens));
             }
             Plan::Named(i) => {
                 let named = &profiles[i];
@@ -199,7 +207,7 @@ impl Router {
         // The same prompt (or session) breaks ties the same way.
         let key = prefix_blocks.first().copied().or(session).unwrap_or(tie);
         let chosen = routing::pick(profile.picker, &views, &scores, key, tie);
-        Ok(self.decided(pool, members[chosen], by, prefix_blocks))
+        Ok(self.decided(pool, members[chosen], by, prefix_blocks, req.tokens))
     }
 
     /// One strategy's choice among `views`.
@@ -242,6 +250,7 @@ impl Router {
         member: &Member,
         by: DecidedBy,
         prefix_blocks: Vec<u64>,
+        tokens: u64,
     ) -> Decision {
         let member = member.clone();
         let counter = match (&by, by.slot()) {
@@ -257,7 +266,7 @@ impl Router {
         }
         Decision {
             pool: pool.clone(),
-            in_flight: member.endpoint.start(),
+            in_flight: member.endpoint.start(tokens),
             member,
             by,
             prefix_blocks,

@@ -35,7 +35,7 @@ use super::headers::{
 use super::observe::{self, Observer};
 use super::reply::{self, Phase, SteerMeta};
 use super::{RequestError, Shared};
-use crate::openai::{ParsedRequest, UsageScanner};
+use crate::openai::{ParsedRequest, UsageScanner, expected_tokens};
 use crate::router::{Decision, RouteRequest, next_random};
 use crate::telemetry::ErrorKind;
 
@@ -332,6 +332,7 @@ impl StreamState {
                     session,
                     prompt: Some(&parsed.prompt),
                     subset: self.subset.as_deref(),
+                    tokens: expected_tokens(body.len(), parsed.max_tokens),
                 })
                 .map_err(RequestError::from)
         });
@@ -385,6 +386,7 @@ impl StreamState {
             session: self.meta.session.as_deref(),
             prompt: None,
             subset: self.subset.as_deref(),
+            tokens: expected_tokens(0, None),
         });
         match result {
             Ok(decision) => {

@@ -878,3 +878,36 @@ fn weighted_routing_strategy_header_scores_and_is_counted_as_weighted() {
         );
     }
 }
+
+#[test]
+fn token_load_counts_expected_tokens_until_the_stream_ends() {
+    let shared = shared();
+    let token_load = [("routing-strategy", "token-load")];
+    let open = |max_tokens: u32| {
+        let mut s = StreamState::new(shared.clone());
+        send(
+            &mut s,
+            headers(false, &token_load),
+            Some(BodySendMode::Buffered),
+        );
+        let chat = format!(r#"{{"model":"m","max_tokens":{max_tokens},"messages":[]}}"#);
+        let r = send(&mut s, body(&chat, true), None);
+        let pod = set_header(&r[0], "target-pod").unwrap().to_owned();
+        (s, pod, chat.len() as u64 / 4 + u64::from(max_tokens))
+    };
+    let (big, big_pod, big_tokens) = open(5000);
+    let (small, small_pod, small_tokens) = open(10);
+    assert_ne!(
+        big_pod, small_pod,
+        "the second goes to the pod without tokens"
+    );
+    let endpoint = big.decision().unwrap().member.endpoint.clone();
+    assert_eq!(endpoint.tokens_in_flight(), big_tokens);
+    // One request on each pod: queue would tie, token-load avoids the big one.
+    let (_third, third_pod, _) = open(10);
+    assert_eq!(third_pod, small_pod);
+    drop(big);
+    assert_eq!(endpoint.tokens_in_flight(), 0, "released with the stream");
+    let other = small.decision().unwrap().member.endpoint.clone();
+    assert!(other.tokens_in_flight() >= small_tokens);
+}

@@ -4,5 +4,5 @@
 mod request;
 mod usage;
 
-pub use request::{ParseError, ParsedRequest, PromptPieces};
+pub use request::{ParseError, ParsedRequest, PromptPieces, expected_tokens};
 pub use usage::{Usage, UsageScanner};

@@ -58,6 +58,9 @@ pub struct ParsedRequest<'a> {
     pub model: Cow<'a, str>,
     pub user: Option<Cow<'a, str>>,
     pub prompt: PromptPieces<'a>,
+    /// The completion bound the request sets (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`), if a number.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +80,66 @@ struct Body<'a> {
     prompt: Option<TextPieces<'a>>,
     #[serde(borrow, default)]
     input: Option<TextPieces<'a>>,
+    #[serde(default)]
+    max_tokens: TokenCount,
+    #[serde(default)]
+    max_completion_tokens: TokenCount,
+    #[serde(default)]
+    max_output_tokens: TokenCount,
+}
+
+/// The first completion bound a request sets.
+fn max_tokens(bounds: [&TokenCount; 3]) -> Option<u64> {
+    bounds.into_iter().find_map(|b| b.0)
+}
+
+/// A completion bound, read leniently: a value that is not a non-negative
+/// whole number counts as absent (the engine judges it).
+#[derive(Default)]
+struct TokenCount(Option<u64>);
+
+impl<'de> Deserialize<'de> for TokenCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TokenCount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TokenCount, E> {
+                Ok(TokenCount(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<TokenCount, E> {
+                Ok(TokenCount(None))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TokenCount, E> {
+                Ok(TokenCount(
+                    (v >= 0.0 && v.fract() == 0.0).then_some(v as u64),
+                ))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<TokenCount, E> {
+                Ok(TokenCount(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<TokenCount, E> {
+                Ok(TokenCount(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<TokenCount, E> {
+                Ok(TokenCount(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenCount, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(TokenCount(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TokenCount, A::Error> {
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(TokenCount(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// [`Body`] with the prompt fields skipped: the same shape (`TextPieces`
@@ -91,6 +154,12 @@ struct Head<'a> {
     /// Read only to check its shape.
     #[serde(borrow, default, rename = "messages")]
     _messages: Option<Vec<SkippedMessage<'a>>>,
+    #[serde(default)]
+    max_tokens: TokenCount,
+    #[serde(default)]
+    max_completion_tokens: TokenCount,
+    #[serde(default)]
+    max_output_tokens: TokenCount,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +200,11 @@ impl<'a> ParsedRequest<'a> {
             model,
             user: body.user,
             prompt,
+            max_tokens: max_tokens([
+                &body.max_completion_tokens,
+                &body.max_tokens,
+                &body.max_output_tokens,
+            ]),
         })
     }
 
@@ -145,8 +219,23 @@ impl<'a> ParsedRequest<'a> {
             model: named(head.model)?,
             user: head.user,
             prompt: PromptPieces::default(),
+            max_tokens: max_tokens([
+                &head.max_completion_tokens,
+                &head.max_tokens,
+                &head.max_output_tokens,
+            ]),
         })
     }
+}
+
+/// Completion tokens expected from a request that sets no bound.
+pub const DEFAULT_COMPLETION_TOKENS: u64 = 256;
+
+/// Prompt + expected completion tokens of a request whose body has
+/// `body_bytes` bytes: about 4 bytes a token, plus its completion bound (or
+/// [`DEFAULT_COMPLETION_TOKENS`]).
+pub fn expected_tokens(body_bytes: usize, max_tokens: Option<u64>) -> u64 {
+    (body_bytes as u64 / 4).saturating_add(max_tokens.unwrap_or(DEFAULT_COMPLETION_TOKENS))
 }
 
 fn named(model: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ParseError> {
@@ -296,6 +385,36 @@ mod tests {
         assert_eq!(text(&req), "Be brief.user\nHi\nassistant\nHello\n");
         let req = ParsedRequest::parse(br#"{"model":"c","system":"sys","messages":[]}"#).unwrap();
         assert_eq!(text(&req), "sys");
+    }
+
+    #[test]
+    fn completion_bounds_are_read_leniently_in_both_parses() {
+        let cases: [(&[u8], Option<u64>); 6] = [
+            (br#"{"model":"m","max_tokens":64}"#, Some(64)),
+            (
+                br#"{"model":"m","max_tokens":9,"max_completion_tokens":32}"#,
+                Some(32),
+            ),
+            (br#"{"model":"m","max_output_tokens":100.0}"#, Some(100)),
+            (br#"{"model":"m","max_tokens":null}"#, None),
+            (
+                br#"{"model":"m","max_tokens":"lots","max_completion_tokens":-1}"#,
+                None,
+            ),
+            (br#"{"model":"m","max_tokens":{"a":[1]}}"#, None),
+        ];
+        for (body, want) in cases {
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(
+                ParsedRequest::parse(body).unwrap().max_tokens,
+                want,
+                "{shown}"
+            );
+            let head = ParsedRequest::parse_without_prompt(body).unwrap();
+            assert_eq!(head.max_tokens, want, "{shown}");
+        }
+        assert_eq!(expected_tokens(400, Some(50)), 150);
+        assert_eq!(expected_tokens(0, None), DEFAULT_COMPLETION_TOKENS);
     }
 
     #[test]

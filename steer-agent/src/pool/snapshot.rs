@@ -211,7 +211,7 @@ mod tests {
             "a pod shared by two models is one pod"
         );
         let shared = snap.model("b").unwrap().members[0].endpoint.clone();
-        let _guard = shared.start();
+        let _guard = shared.start(0);
         let gone_id = snap.model("a").unwrap().members[0].endpoint.id;
 
         let removed = pools.update(settings(

@@ -17,6 +17,9 @@ pub struct EndpointState {
     pub addr_text: Arc<str>,
     pub addr_hash: u64,
     in_flight: AtomicU32,
+    /// Prompt + expected completion tokens of the requests in flight (the
+    /// agent's own estimate, see [`crate::router::RouteRequest::tokens`]).
+    tokens_in_flight: AtomicU64,
     waiting: AtomicU32,
     running: AtomicU32,
     kv_usage_bits: AtomicU32,
@@ -42,6 +45,7 @@ impl EndpointState {
             addr_hash: xxhash_rust::xxh3::xxh3_64(addr_text.as_bytes()),
             addr_text,
             in_flight: AtomicU32::new(0),
+            tokens_in_flight: AtomicU64::new(0),
             waiting: AtomicU32::new(0),
             running: AtomicU32::new(0),
             kv_usage_bits: AtomicU32::new(0),
@@ -62,6 +66,7 @@ impl EndpointState {
             addr: self.addr,
             addr_hash: self.addr_hash,
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            tokens_in_flight: self.tokens_in_flight(),
             waiting: self.waiting.load(Ordering::Relaxed),
             kv_usage: self.kv_usage(),
             latency_us: self.kernel_srtt_us(),
@@ -97,6 +102,10 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn tokens_in_flight(&self) -> u64 {
+        self.tokens_in_flight.load(Ordering::Relaxed)
+    }
+
     pub fn engine_running(&self) -> u32 {
         self.running.load(Ordering::Relaxed)
     }
@@ -114,9 +123,12 @@ impl EndpointState {
         f32::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
     }
 
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    /// Counts a request of `tokens` (prompt + expected completion) against
+    /// the pod until the returned guard drops.
+    pub fn start(self: &Arc<Self>, tokens: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        self.tokens_in_flight.fetch_add(tokens, Ordering::Relaxed);
+        InFlight(self.clone(), tokens)
     }
 
     pub fn scrape_succeeded(&self, metrics: EngineMetrics) {
@@ -147,11 +159,12 @@ impl EndpointState {
 /// Counts a request against its pod until dropped, whatever way the ext_proc
 /// stream ends (finished, reset by Envoy, agent error).
 #[derive(Debug)]
-pub struct InFlight(Arc<EndpointState>);
+pub struct InFlight(Arc<EndpointState>, u64);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.tokens_in_flight.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -180,8 +193,8 @@ mod tests {
     #[test]
     fn in_flight_guard_and_readiness() {
         let ep = Arc::new(EndpointState::new(1, "127.0.0.1:1".parse().unwrap()));
-        let a = ep.start();
-        let b = ep.start();
+        let a = ep.start(0);
+        let b = ep.start(0);
         assert_eq!(ep.view().in_flight, 2);
         drop(a);
         drop(b);

@@ -33,6 +33,8 @@ pub struct PodView {
     pub addr_hash: u64,
     /// Requests this agent has sent to the pod and not yet seen finish.
     pub in_flight: u32,
+    /// Their prompt + expected completion tokens (the agent's estimate).
+    pub tokens_in_flight: u64,
     /// The engine's own queue (`num_requests_waiting`), from the last scrape.
     pub waiting: u32,
     /// KV-cache usage 0..1 from the last scrape.
@@ -197,6 +199,7 @@ pub(crate) mod test_support {
             addr: addr.parse().unwrap(),
             addr_hash: xxhash_rust::xxh3::xxh3_64(addr.as_bytes()),
             in_flight,
+            tokens_in_flight: 0,
             waiting,
             kv_usage,
             latency_us: 0,

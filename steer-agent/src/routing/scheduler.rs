@@ -11,6 +11,9 @@ use super::{PodView, session_affinity};
 pub enum Scorer {
     /// Fewest requests in flight plus queued in the engine.
     Queue,
+    /// Fewest prompt + expected completion tokens in flight from this agent
+    /// (AIBrix's throughput router).
+    TokenLoad,
     /// Lowest KV-cache usage.
     KvCache,
     /// The largest share of the prompt's blocks the pod is believed to hold.
@@ -27,6 +30,7 @@ impl Scorer {
     fn parse(name: &str) -> Option<Self> {
         Some(match name {
             "least-request" | "queue" => Self::Queue,
+            "token-load" | "throughput" => Self::TokenLoad,
             "least-kv-cache" | "least-gpu-cache" | "kv-cache" => Self::KvCache,
             "prefix-cache" | "prefix" => Self::Prefix,
             "least-latency" | "latency" => Self::Latency,
@@ -73,7 +77,7 @@ pub enum ProfileError {
     #[error("a profile needs at least one scorer")]
     NoScorer,
     #[error(
-        "`{0}` is not a scorer (known: least-request, least-kv-cache, prefix-cache, least-latency, session-affinity)"
+        "`{0}` is not a scorer (known: least-request, token-load, least-kv-cache, prefix-cache, least-latency, session-affinity)"
     )]
     UnknownScorer(String),
     #[error("weight `{0}` must be a whole number from 1 to 1000")]
@@ -152,6 +156,7 @@ pub fn score(profile: &Profile, pods: &[PodView], signals: &Signals<'_>, out: &m
         for (i, pod) in pods.iter().enumerate() {
             let rating = match scorer {
                 Scorer::Queue => lower_is_better(pods, i, |p| f64::from(p.load())),
+                Scorer::TokenLoad => lower_is_better(pods, i, |p| p.tokens_in_flight as f64),
                 Scorer::KvCache => 1.0 - f64::from(pod.kv_usage.clamp(0.0, 1.0)),
                 Scorer::Prefix => {
                     let depth = signals.depths.get(i).copied().unwrap_or(0) as f64;
@@ -247,6 +252,7 @@ mod tests {
             addr,
             addr_hash: xxhash_rust::xxh3::xxh3_64(addr.to_string().as_bytes()),
             in_flight,
+            tokens_in_flight: u64::from(in_flight) * 100,
             waiting: 0,
             kv_usage: kv,
             latency_us,
@@ -305,6 +311,19 @@ mod tests {
         assert_eq!(mixed, [1.0 / 3.0, 1.5 / 3.0, 2.0 / 3.0]);
         let all_equal = [pod(1, 2, 0.0, 0), pod(2, 2, 0.0, 0)];
         assert_eq!(scores("queue", &all_equal, Signals::default()), [1.0, 1.0]);
+    }
+
+    #[test]
+    fn token_load_rates_the_tokens_in_flight() {
+        let mut pods = [pod(1, 1, 0.0, 0), pod(2, 1, 0.0, 0), pod(3, 1, 0.0, 0)];
+        pods[0].tokens_in_flight = 9000;
+        pods[1].tokens_in_flight = 1000;
+        pods[2].tokens_in_flight = 5000;
+        assert_eq!(
+            scores("token-load", &pods, Signals::default()),
+            [0.0, 1.0, 0.5]
+        );
+        assert_eq!(scores("queue", &pods, Signals::default()), [1.0; 3]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub type PoolCollector = ScrapeCollector<Arc<Pools>, PoolFamilies>;
 
 pub struct PoolFamilies {
     in_flight: IntGaugeVec,
+    tokens_in_flight: IntGaugeVec,
     ready: IntGaugeVec,
     engine_waiting: IntGaugeVec,
     engine_running: IntGaugeVec,
@@ -40,6 +41,11 @@ impl Families<Arc<Pools>> for PoolFamilies {
             in_flight: gauge(
                 "steer_pod_in_flight",
                 "Requests this agent sent to the pod that have not finished.",
+                pod,
+            ),
+            tokens_in_flight: gauge(
+                "steer_pod_tokens_in_flight",
+                "Prompt + expected completion tokens of the requests in flight, per pod (estimated: body bytes / 4 + the request's max tokens, 256 when unset).",
                 pod,
             ),
             ready: gauge(
@@ -96,6 +102,7 @@ impl Families<Arc<Pools>> for PoolFamilies {
     fn collectors(&self) -> Vec<&dyn Collector> {
         vec![
             &self.in_flight,
+            &self.tokens_in_flight,
             &self.ready,
             &self.engine_waiting,
             &self.engine_running,
@@ -116,6 +123,9 @@ impl Families<Arc<Pools>> for PoolFamilies {
             f.in_flight
                 .with_label_values(&pod)
                 .set(i64::from(ep.in_flight()));
+            f.tokens_in_flight
+                .with_label_values(&pod)
+                .set(i64::try_from(ep.tokens_in_flight()).unwrap_or(i64::MAX));
             f.ready
                 .with_label_values(&pod)
                 .set(i64::from(ep.is_ready()));
