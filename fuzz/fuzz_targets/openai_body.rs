@@ -1,6 +1,7 @@
 //! Any body: parse never panics; a parsed request has a non-blank model; the
 //! parse that skips the prompt accepts every body the full parse accepts,
-//! with the same model and user, and rejects only bodies it rejects.
+//! with the same model, user and completion bound, and rejects only bodies it
+//! rejects.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         (Ok(full), Ok(head)) => {
             assert!(!full.model.trim().is_empty());
             let _: usize = full.prompt.iter().map(str::len).sum();
+            assert_eq!(full.max_tokens, head.max_tokens);
             assert_eq!((full.model, full.user), (head.model, head.user));
             assert_eq!(head.prompt.byte_len(), 0);
         }
