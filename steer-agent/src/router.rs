@@ -11,7 +11,7 @@ use crate::openai::PromptPieces;
 use crate::pool::{InFlight, Member, ModelPool, Pools};
 use crate::routing::{
     self, BlockHasher, DecidedBy, NamedProfile, PodView, Policy, PrefixIndex, Profile,
-    ProfileError, Signals, Strategy, UnknownStrategy,
+    ProfileError, Scorer, Signals, Strategy, UnknownStrategy,
 };
 
 /// Why a request could not be routed (the ext_proc layer maps each to an
@@ -197,10 +197,19 @@ impl Router {
         let session = req
             .session
             .map(|s| xxhash_rust::xxh3::xxh3_64(s.as_bytes()));
+        let lora: Vec<f64> = if profile.uses(Scorer::Lora) {
+            members
+                .iter()
+                .map(|m| m.endpoint.lora_affinity(req.model))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let signals = Signals {
             depths: &depths,
             prompt_blocks: prefix_blocks.len(),
             session,
+            lora: &lora,
         };
         let mut scores = Vec::with_capacity(views.len());
         routing::score(profile, &views, &signals, &mut scores);

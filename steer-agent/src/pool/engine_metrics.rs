@@ -12,6 +12,47 @@ pub struct EngineMetrics {
     /// The engine's own token counters since it started, per model it
     /// serves (its `model_name` label), in the order first seen.
     pub tokens: Vec<ModelTokens>,
+    /// vLLM's `vllm:lora_requests_info`, the newest sample.
+    pub lora: Option<LoraInfo>,
+}
+
+/// The LoRA adapters an engine runs and queues, and its adapter slots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoraInfo {
+    pub running: Vec<Box<str>>,
+    pub waiting: Vec<Box<str>>,
+    pub max_lora: u32,
+    /// The sample's value: when vLLM took it (seconds).
+    pub taken_at: f64,
+}
+
+impl LoraInfo {
+    /// How well a pod suits a request for `adapter`: running it 1, queueing
+    /// it 0.75, a free slot 0.5, none 0 (llm-d's LoRA affinity order).
+    pub fn affinity(&self, adapter: &str) -> f64 {
+        if self.running.iter().any(|a| &**a == adapter) {
+            1.0
+        } else if self.waiting.iter().any(|a| &**a == adapter) {
+            0.75
+        } else if self.loaded() < self.max_lora as usize {
+            0.5
+        } else {
+            0.0
+        }
+    }
+
+    /// Distinct adapters running or queued.
+    fn loaded(&self) -> usize {
+        let mut all: Vec<&str> = self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .map(|a| &**a)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    }
 }
 
 /// Tokens one engine has processed and generated for one of its models.
@@ -72,6 +113,23 @@ impl EngineMetrics {
         } else if PROMPT_TOKENS.contains(&name) {
             let slot = self.model_tokens(label(labels, "model_name"));
             slot.prompt = slot.prompt.saturating_add(value.max(0.0) as u64);
+        } else if name == "vllm:lora_requests_info" {
+            if self.lora.as_ref().is_none_or(|l| value >= l.taken_at) {
+                let list = |key| {
+                    label(labels, key)
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(Into::into)
+                        .collect()
+                };
+                self.lora = Some(LoraInfo {
+                    running: list("running_lora_adapters"),
+                    waiting: list("waiting_lora_adapters"),
+                    max_lora: label(labels, "max_lora").parse().unwrap_or(0),
+                    taken_at: value,
+                });
+            }
         } else if GENERATION_TOKENS.contains(&name) {
             let slot = self.model_tokens(label(labels, "model_name"));
             slot.generation = slot.generation.saturating_add(value.max(0.0) as u64);
@@ -258,5 +316,28 @@ mod tests {
             "vllm:num_requests_waiting{ 3\nvllm:num_requests_running NaN\n{}\n\u{0}",
         );
         assert_eq!(m, EngineMetrics::default());
+    }
+
+    #[test]
+    fn lora_info_newest_sample_and_affinity() {
+        let text = "vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"old\",waiting_lora_adapters=\"\"} 100.0\n\
+            vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"sql, chat\",waiting_lora_adapters=\"math\"} 200.5\n";
+        let lora = EngineMetrics::parse(text).lora.unwrap();
+        assert_eq!(lora.running, ["sql".into(), "chat".into()] as [Box<str>; 2]);
+        assert_eq!(lora.waiting, ["math".into()] as [Box<str>; 1]);
+        assert_eq!(lora.max_lora, 2);
+        assert_eq!(lora.affinity("sql"), 1.0);
+        assert_eq!(lora.affinity("math"), 0.75);
+        assert_eq!(lora.affinity("other"), 0.0, "three adapters fill two slots");
+        let free = LoraInfo {
+            running: vec!["sql".into()],
+            max_lora: 2,
+            ..LoraInfo::default()
+        };
+        assert_eq!(free.affinity("other"), 0.5);
+        assert_eq!(
+            EngineMetrics::parse("vllm:num_requests_waiting 1\n").lora,
+            None
+        );
     }
 }

@@ -6,7 +6,7 @@ mod scrape;
 mod snapshot;
 mod state;
 
-pub use engine_metrics::{EngineMetrics, MetricsParser, ModelTokens};
+pub use engine_metrics::{EngineMetrics, LoraInfo, MetricsParser, ModelTokens};
 pub use scrape::Scraper;
 pub use snapshot::{ModelPool, Pools, Snapshot};
 pub use state::{EndpointState, InFlight, Member, MemberCounters};

@@ -8,7 +8,7 @@ use crate::routing::{DecidedBy, PodView};
 
 use arc_swap::ArcSwap;
 
-use super::{EngineMetrics, ModelTokens};
+use super::{EngineMetrics, LoraInfo, ModelTokens};
 
 #[derive(Debug)]
 pub struct EndpointState {
@@ -34,6 +34,8 @@ pub struct EndpointState {
     kernel_srtt_us: AtomicU32,
     /// The engine's own token counters per model, last scrape that had them.
     engine_tokens: ArcSwap<Vec<ModelTokens>>,
+    /// The engine's LoRA adapters, last scrape (empty if it reports none).
+    lora: ArcSwap<LoraInfo>,
 }
 
 impl EndpointState {
@@ -57,6 +59,7 @@ impl EndpointState {
             scrape_failures: AtomicU32::new(0),
             kernel_srtt_us: AtomicU32::new(0),
             engine_tokens: ArcSwap::default(),
+            lora: ArcSwap::default(),
         }
     }
 
@@ -119,6 +122,12 @@ impl EndpointState {
         self.engine_tokens.load_full()
     }
 
+    /// How well this pod suits a request for the LoRA adapter `model`
+    /// ([`LoraInfo::affinity`]).
+    pub fn lora_affinity(&self, model: &str) -> f64 {
+        self.lora.load().affinity(model)
+    }
+
     pub fn kv_usage(&self) -> f32 {
         f32::from_bits(self.kv_usage_bits.load(Ordering::Relaxed))
     }
@@ -143,6 +152,11 @@ impl EndpointState {
         }
         if !metrics.tokens.is_empty() {
             self.engine_tokens.store(Arc::new(metrics.tokens));
+        }
+        match metrics.lora {
+            Some(lora) => self.lora.store(Arc::new(lora)),
+            None if self.lora.load().max_lora > 0 => self.lora.store(Arc::default()),
+            None => {}
         }
         self.scrape_failures.store(0, Ordering::Relaxed);
         self.ready.store(true, Ordering::Relaxed);
@@ -212,7 +226,14 @@ mod tests {
                 prompt: 40,
                 generation: 8,
             }],
+            lora: Some(crate::pool::LoraInfo {
+                running: vec!["sql".into()],
+                max_lora: 1,
+                ..Default::default()
+            }),
         });
+        assert_eq!(ep.lora_affinity("sql"), 1.0);
+        assert_eq!(ep.lora_affinity("other"), 0.0);
         assert!(ep.is_ready());
         assert_eq!(ep.view().waiting, 3);
         assert_eq!(ep.view().kv_usage, 0.5);

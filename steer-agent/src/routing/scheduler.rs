@@ -22,6 +22,9 @@ pub enum Scorer {
     Latency,
     /// The session's rendezvous pod.
     Session,
+    /// The pod already running the request's LoRA adapter (then one
+    /// queueing it, then one with a free adapter slot).
+    Lora,
 }
 
 impl Scorer {
@@ -35,6 +38,7 @@ impl Scorer {
             "prefix-cache" | "prefix" => Self::Prefix,
             "least-latency" | "latency" => Self::Latency,
             "session-affinity" | "session" => Self::Session,
+            "lora-affinity" | "lora" => Self::Lora,
             _ => return None,
         })
     }
@@ -77,7 +81,7 @@ pub enum ProfileError {
     #[error("a profile needs at least one scorer")]
     NoScorer,
     #[error(
-        "`{0}` is not a scorer (known: least-request, token-load, least-kv-cache, prefix-cache, least-latency, session-affinity)"
+        "`{0}` is not a scorer (known: least-request, token-load, least-kv-cache, prefix-cache, least-latency, session-affinity, lora-affinity)"
     )]
     UnknownScorer(String),
     #[error("weight `{0}` must be a whole number from 1 to 1000")]
@@ -131,7 +135,11 @@ impl Profile {
     }
 
     pub fn reads_prompt(&self) -> bool {
-        self.scorers.iter().any(|(s, _)| *s == Scorer::Prefix)
+        self.uses(Scorer::Prefix)
+    }
+
+    pub fn uses(&self, scorer: Scorer) -> bool {
+        self.scorers.iter().any(|(s, _)| *s == scorer)
     }
 }
 
@@ -143,6 +151,8 @@ pub struct Signals<'a> {
     /// Blocks the prompt has.
     pub prompt_blocks: usize,
     pub session: Option<u64>,
+    /// Each pod's LoRA affinity for the requested model, in [0, 1].
+    pub lora: &'a [f64],
 }
 
 /// The weighted mean of every scorer's [0, 1] rating, per pod.
@@ -164,6 +174,7 @@ pub fn score(profile: &Profile, pods: &[PodView], signals: &Signals<'_>, out: &m
                 }
                 Scorer::Latency => latency(pods, i),
                 Scorer::Session => f64::from(u8::from(session_pod == Some(i))),
+                Scorer::Lora => signals.lora.get(i).copied().unwrap_or(0.0),
             };
             out[i] += w * rating;
         }
@@ -303,7 +314,7 @@ mod tests {
         let signals = Signals {
             depths: &depths,
             prompt_blocks: 6,
-            session: None,
+            ..Default::default()
         };
         assert_eq!(scores("prefix-cache", &pods, signals), [0.0, 0.5, 1.0]);
         // 2 × prefix + 1 × queue, divided by 3.
@@ -324,6 +335,21 @@ mod tests {
             [0.0, 1.0, 0.5]
         );
         assert_eq!(scores("queue", &pods, Signals::default()), [1.0; 3]);
+    }
+
+    #[test]
+    fn lora_rates_the_affinity_it_is_given() {
+        let pods = [pod(1, 0, 0.0, 0), pod(2, 0, 0.0, 0)];
+        let signals = Signals {
+            lora: &[0.5, 1.0],
+            ..Default::default()
+        };
+        assert_eq!(scores("lora-affinity", &pods, signals), [0.5, 1.0]);
+        let mut out = Vec::new();
+        let profile = Profile::parse_weighted("lora:1").unwrap();
+        score(&profile, &pods, &signals, &mut out);
+        assert_eq!(pick(Picker::MaxScore, &pods, &out, 0, 0), 1);
+        assert!(profile.uses(Scorer::Lora) && !profile.reads_prompt());
     }
 
     #[test]

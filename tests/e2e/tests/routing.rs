@@ -400,3 +400,60 @@ async fn scheduler_profiles_from_the_config_route_by_default_and_by_header() {
     assert_eq!((count("sticky"), count("spread")), (5.0, 3.0), "{metrics}");
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lora_affinity_prefers_the_pod_running_the_adapter() {
+    let mut opts = common::opts(&["base,sql-lora", "base,sql-lora"], "round-robin");
+    opts.engines[0]
+        .1
+        .extend(["--max-lora", "1", "--lora-running", "other-lora"].map(String::from));
+    opts.engines[1]
+        .1
+        .extend(["--max-lora", "1", "--lora-running", "sql-lora"].map(String::from));
+    let stack = steer_e2e::Stack::start(opts).await.unwrap();
+    let client = Client::default();
+    let send = |model: &'static str, strategy: &'static str| {
+        let client = client.clone();
+        let gateway = stack.gateway();
+        async move {
+            let reply = client
+                .post(
+                    gateway,
+                    "/v1/chat/completions",
+                    &[("routing-strategy", strategy)],
+                    chat_body(model, "select 1", false, 1),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            reply.header("x-mock-engine").unwrap().to_owned()
+        }
+    };
+    // Until the first scrape every pod rates 0; after it, every request for
+    // the adapter goes to the pod running it (bounded wait for the scrape).
+    let mut in_a_row = 0;
+    for _ in 0..200 {
+        if send("sql-lora", "lora-affinity:2,least-request:1").await == "engine-1" {
+            in_a_row += 1;
+        } else {
+            in_a_row = 0;
+        }
+        if in_a_row == 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        in_a_row, 8,
+        "requests for sql-lora stay on the pod running it"
+    );
+    // The base model has no adapter anywhere: both pods rate 0 (no free
+    // slot), and ties among idle pods spread at random (24 requests: all on
+    // one pod has probability 2^-23).
+    let mut engines = std::collections::HashSet::new();
+    for _ in 0..24 {
+        engines.insert(send("base", "lora-affinity,least-request").await);
+    }
+    assert_eq!(engines.len(), 2, "{engines:?}");
+    common::assert_idle(&stack).await;
+}

@@ -67,6 +67,12 @@ pub(crate) struct Args {
     /// Metric names exported on /metrics.
     #[arg(long, value_enum, default_value_t = Flavor::Vllm)]
     pub(crate) metrics_flavor: Flavor,
+    /// LoRA slots reported in `vllm:lora_requests_info` (0: the metric is not exported).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) max_lora: u32,
+    /// Adapters that metric reports as running (comma-separated).
+    #[arg(long, default_value = "")]
+    pub(crate) lora_running: String,
 }
 
 impl Args {

@@ -227,6 +227,24 @@ impl Metrics {
 }
 
 /// Prometheus label-value escaping.
+/// vLLM's `vllm:lora_requests_info`: a gauge whose labels carry the adapter
+/// lists and whose value is the time they were taken.
+pub(crate) fn render_lora(out: &mut String, max_lora: u32, running: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "# HELP vllm:lora_requests_info Running stats on lora requests."
+    );
+    let _ = writeln!(out, "# TYPE vllm:lora_requests_info gauge");
+    let _ = writeln!(
+        out,
+        "vllm:lora_requests_info{{max_lora=\"{max_lora}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"\"}} {now}",
+        escape_label(running)
+    );
+}
+
 fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

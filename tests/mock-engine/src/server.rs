@@ -171,9 +171,12 @@ async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     let args = &engine.args;
     let model = args.served_models().first().map_or("", String::as_str);
-    let text = engine
+    let mut text = engine
         .metrics
         .render(args.metrics_flavor, model, args.kv_blocks_total);
+    if args.max_lora > 0 && args.metrics_flavor != crate::metrics::Flavor::Sglang {
+        crate::metrics::render_lora(&mut text, args.max_lora, &args.lora_running);
+    }
     let ct = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], text).into_response()
 }
