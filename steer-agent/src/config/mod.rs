@@ -2,6 +2,7 @@
 //! validated [`Settings`]. Every error names the offending field.
 
 mod file;
+mod profiles;
 mod reload;
 
 use std::collections::{BTreeMap, BTreeSet};

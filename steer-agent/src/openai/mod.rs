@@ -2,6 +2,7 @@
 //! stream, user, prompt text) and the response's token `usage`.
 
 mod request;
+mod token_count;
 mod usage;
 
 pub use request::{ParseError, ParsedRequest, PromptPieces, expected_tokens};
