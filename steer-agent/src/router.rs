@@ -249,6 +249,10 @@ impl Router {
                 self.prefix.match_depths(prefix_blocks, views, &mut depths);
                 routing::prefix_cache(views, &depths, tie, &settings.prefix.params)
             }
+            Strategy::PrefixRendezvous => {
+                *prefix_blocks = prefix_blocks_for(settings, pool, req);
+                routing::prefix_rendezvous(views, prefix_blocks, tie, &settings.prefix.params)
+            }
         }
     }
 

@@ -71,6 +71,7 @@ impl EndpointState {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             tokens_in_flight: self.tokens_in_flight(),
             waiting: self.waiting.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
             kv_usage: self.kv_usage(),
             latency_us: self.kernel_srtt_us(),
         }

@@ -9,6 +9,7 @@ mod balance;
 mod prefix;
 mod prefix_index;
 mod prefix_table;
+mod rendezvous;
 mod scheduler;
 
 use std::fmt;
@@ -20,6 +21,7 @@ pub use balance::{
 };
 pub use prefix::{BlockHasher, PrefixParams, prefix_cache};
 pub use prefix_index::PrefixIndex;
+pub use rendezvous::prefix_rendezvous;
 pub use scheduler::{Picker, Profile, ProfileError, Scorer, Signals, pick, score};
 
 /// What a strategy sees of one ready pod at decision time.
@@ -37,6 +39,8 @@ pub struct PodView {
     pub tokens_in_flight: u64,
     /// The engine's own queue (`num_requests_waiting`), from the last scrape.
     pub waiting: u32,
+    /// Requests the engine runs (`num_requests_running`), from the last scrape.
+    pub running: u32,
     /// KV-cache usage 0..1 from the last scrape.
     pub kv_usage: f32,
     /// Kernel-measured smoothed RTT to the pod in µs; 0 = not measured yet.
@@ -58,6 +62,8 @@ pub enum Strategy {
     PrefixCache,
     SessionAffinity,
     LeastLatency,
+    /// Prefix affinity every agent replica agrees on: see [`prefix_rendezvous`].
+    PrefixRendezvous,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,7 +71,7 @@ pub enum Strategy {
 pub struct UnknownStrategy(pub String);
 
 impl Strategy {
-    pub const ALL: [Strategy; 7] = [
+    pub const ALL: [Strategy; 8] = [
         Self::Random,
         Self::RoundRobin,
         Self::LeastRequest,
@@ -73,8 +79,9 @@ impl Strategy {
         Self::PrefixCache,
         Self::SessionAffinity,
         Self::LeastLatency,
+        Self::PrefixRendezvous,
     ];
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "random",
         "round-robin",
         "least-request",
@@ -82,6 +89,7 @@ impl Strategy {
         "prefix-cache",
         "session-affinity",
         "least-latency",
+        "prefix-rendezvous",
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,7 +103,7 @@ impl Strategy {
 
     /// Whether routing reads the prompt text (else the body parse skips it).
     pub fn reads_prompt(self) -> bool {
-        self == Self::PrefixCache
+        matches!(self, Self::PrefixCache | Self::PrefixRendezvous)
     }
 }
 
@@ -141,6 +149,7 @@ impl DecidedBy {
         Self::Strategy(Strategy::PrefixCache),
         Self::Strategy(Strategy::SessionAffinity),
         Self::Strategy(Strategy::LeastLatency),
+        Self::Strategy(Strategy::PrefixRendezvous),
         Self::Weighted,
     ];
 
@@ -201,6 +210,7 @@ pub(crate) mod test_support {
             in_flight,
             tokens_in_flight: 0,
             waiting,
+            running: 0,
             kv_usage,
             latency_us: 0,
         }

@@ -11,6 +11,7 @@ fn pod(n: u8, in_flight: u32, kv: f32, latency_us: u32) -> PodView {
         in_flight,
         tokens_in_flight: u64::from(in_flight) * 100,
         waiting: 0,
+        running: 0,
         kv_usage: kv,
         latency_us,
     }

@@ -457,3 +457,75 @@ async fn lora_affinity_prefers_the_pod_running_the_adapter() {
     assert_eq!(engines.len(), 2, "{engines:?}");
     common::assert_idle(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agent_replicas_agree_on_prefix_rendezvous() {
+    use steer_e2e::{DEFAULT_ENVOY, Envoy, EnvoyConfig, Proc, binary_dir};
+    let stack = common::stack(&["m", "m", "m", "m"], "prefix-rendezvous").await;
+    // A second replica: its own agent and Envoy, the same config and engines.
+    let agent = binary_dir("debug").join("steer-agent");
+    let config = stack.config.display().to_string();
+    let args = [
+        "run",
+        "--config",
+        &config,
+        "--ext-proc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--datapath",
+        "off",
+        "--shutdown-grace-seconds",
+        "0",
+    ]
+    .map(String::from);
+    let replica = Proc::spawn(&agent, &args, "steer-agent listening")
+        .await
+        .unwrap();
+    let doc = steer_e2e::envoy::render(EnvoyConfig::OneWait, replica.addr()).unwrap();
+    let dir = stack.dir.join("replica");
+    let envoy = Envoy::start(DEFAULT_ENVOY, &doc, &dir, &EnvoyConfig::OneWait.path())
+        .await
+        .unwrap();
+    let client = Client::default();
+    let mut pods = std::collections::HashSet::new();
+    for group in 0..12 {
+        let prompt =
+            format!("tenant {group} system prompt, long enough to fill blocks. ").repeat(30);
+        let mut seen = Vec::new();
+        for (i, gateway) in [
+            stack.gateway(),
+            envoy.listener,
+            stack.gateway(),
+            envoy.listener,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let reply = client
+                .post(
+                    gateway,
+                    "/v1/chat/completions",
+                    &[],
+                    chat_body("m", &format!("{prompt}{i}"), false, 1),
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_eq!(reply.header("x-steer-strategy"), Some("prefix-rendezvous"));
+            seen.push(reply.header("target-pod").unwrap().to_owned());
+        }
+        assert!(
+            seen.iter().all(|p| *p == seen[0]),
+            "group {group}: {seen:?}"
+        );
+        pods.insert(seen[0].clone());
+    }
+    assert!(
+        pods.len() >= 3,
+        "12 prefixes spread over the pods: {pods:?}"
+    );
+    drop(envoy);
+    replica.kill().await;
+    common::assert_idle(&stack).await;
+}
