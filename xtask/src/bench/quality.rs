@@ -18,12 +18,14 @@ use crate::workload::{self, Shape};
 /// The header the oracle names its pod in (read by `noop-extproc --pod-header`).
 const ORACLE_HEADER: &str = "x-oracle-pod";
 
-const STRATEGIES: [&str; 5] = [
+const STRATEGIES: [&str; 7] = [
     "random",
     "round-robin",
     "least-request",
     "session-affinity",
     "prefix-cache",
+    "prefix-rendezvous",
+    "prefix-cache:3,least-request:1",
 ];
 
 pub async fn run(args: &BenchArgs, report: &mut Report) -> Result<()> {
