@@ -95,7 +95,8 @@ fn max_tokens(bounds: [&TokenCount; 3]) -> Option<u64> {
     bounds.into_iter().find_map(|b| b.0)
 }
 
-/// [`Body`] with the prompt fields skipped: the same shape (`TextPieces`
+/// [`Body`] with the prompt fields skipped (the bounds are listed in both:
+/// `#[serde(flatten)]` would buffer every other field): the same shape (`TextPieces`
 /// takes any JSON value), but skipped strings are not checked for valid
 /// UTF-8 or paired surrogate escapes.
 #[derive(Deserialize)]

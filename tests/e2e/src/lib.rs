@@ -12,7 +12,9 @@ pub mod transport;
 
 pub use client::{Client, Reply};
 pub use envoy::{DEFAULT_ENVOY, ENVOY_VERSIONS, Envoy, EnvoyConfig};
-pub use procs::{Proc, Stack, StackOptions, binary_dir, ensure_built, write_config};
+pub use procs::{
+    Proc, Stack, StackOptions, binary_dir, ensure_built, standalone_agent_args, write_config,
+};
 pub use transport::{ExtProcTransport, TestCerts};
 
 /// An OpenAI chat request body.

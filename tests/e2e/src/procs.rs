@@ -163,6 +163,28 @@ impl Proc {
     }
 }
 
+/// `steer-agent` arguments for an agent outside a [`Stack`] (a second
+/// replica, the soak): `config`, ephemeral loopback ports (printed on its
+/// ready line), no datapath, no shutdown grace.
+pub fn standalone_agent_args(config: &Path) -> Vec<String> {
+    let config = config.display().to_string();
+    [
+        "run",
+        "--config",
+        &config,
+        "--ext-proc-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--datapath",
+        "off",
+        "--shutdown-grace-seconds",
+        "0",
+    ]
+    .map(String::from)
+    .into()
+}
+
 /// Writes a YAML config mapping each model to engine addresses.
 pub fn write_config(
     path: &Path,

@@ -5,24 +5,14 @@
 
 mod common;
 
-use std::time::Duration;
-
 use serde_json::json;
-use steer_e2e::{Client, Stack, metric_value};
+use steer_e2e::{Client, Stack};
 
-/// The observer's per-pod counter, waited for (bounded): Envoy sends the
-/// response's last message to the observer as the client gets its last bytes.
-async fn observed(client: &Client, stack: &Stack, name: &str, pod: &str, want: f64) -> f64 {
-    let mut seen = 0.0;
-    for _ in 0..100 {
-        let metrics = client.metrics(stack.metrics()).await.unwrap();
-        seen = metric_value(&metrics, name, &[("model", "claude"), ("pod", pod)]).unwrap_or(0.0);
-        if seen == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    seen
+async fn observed(stack: &Stack, name: &str, pod: &str, want: f64) -> f64 {
+    let labels = [("model", "claude"), ("pod", pod)];
+    common::metric_reaching(stack.metrics(), name, &labels, want)
+        .await
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,12 +46,12 @@ async fn messages_are_routed_counted_and_answered_in_anthropics_shape() {
     let pod = reply.header("target-pod").unwrap().to_owned();
     let prompt: f64 = reply.header("x-prompt-tokens").unwrap().parse().unwrap();
     assert_eq!(
-        observed(&client, &stack, "steer_prompt_tokens_total", &pod, prompt).await,
+        observed(&stack, "steer_prompt_tokens_total", &pod, prompt).await,
         prompt,
         "input_tokens + cache_read_input_tokens of the JSON usage"
     );
     assert_eq!(
-        observed(&client, &stack, "steer_completion_tokens_total", &pod, 4.0).await,
+        observed(&stack, "steer_completion_tokens_total", &pod, 4.0).await,
         4.0
     );
 
@@ -92,19 +82,12 @@ async fn messages_are_routed_counted_and_answered_in_anthropics_shape() {
     );
     let prompt2: f64 = reply.header("x-prompt-tokens").unwrap().parse().unwrap();
     assert_eq!(
-        observed(
-            &client,
-            &stack,
-            "steer_prompt_tokens_total",
-            &pod,
-            prompt + prompt2
-        )
-        .await,
+        observed(&stack, "steer_prompt_tokens_total", &pod, prompt + prompt2).await,
         prompt + prompt2,
         "message_start's input_tokens + cache_read_input_tokens"
     );
     assert_eq!(
-        observed(&client, &stack, "steer_completion_tokens_total", &pod, 8.0).await,
+        observed(&stack, "steer_completion_tokens_total", &pod, 8.0).await,
         8.0,
         "message_delta's output_tokens"
     );

@@ -105,3 +105,26 @@ where
     }
     false
 }
+
+/// The agent's `name{labels}` once it equals `want` (bounded: 5 s), else its
+/// last value. What the usage observer counts lands as the client reads the
+/// response's end, not before: read it with this, never once.
+pub async fn metric_reaching(
+    metrics: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> Option<f64> {
+    let client = steer_e2e::Client::default();
+    let mut seen = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let text = client.metrics(metrics).await.unwrap_or_default();
+        seen = steer_e2e::metric_value(&text, name, labels);
+        if seen == Some(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    seen
+}

@@ -49,16 +49,15 @@ async fn streaming(version: &'static str) {
         .unwrap();
     assert_eq!(reply.status, 200);
     assert!(reply.text().trim_end().ends_with("data: [DONE]"));
-    let metrics = Client::default().metrics(stack.metrics()).await.unwrap();
     let pod = reply.header("target-pod").unwrap();
-    assert_eq!(
-        steer_e2e::metric_value(
-            &metrics,
-            "steer_completion_tokens_total",
-            &[("model", "qwen"), ("pod", pod)]
-        ),
-        Some(12.0)
-    );
+    let completion = common::metric_reaching(
+        stack.metrics(),
+        "steer_completion_tokens_total",
+        &[("model", "qwen"), ("pod", pod)],
+        12.0,
+    )
+    .await;
+    assert_eq!(completion, Some(12.0));
     common::assert_idle(&stack).await;
 }
 

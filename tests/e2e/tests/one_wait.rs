@@ -151,16 +151,31 @@ async fn the_usage_observer_when_turned_on_is_never_waited_on() {
         "headers and chunks of both responses"
     );
     assert_eq!(after.usage_received, before.usage_received);
-    // It credits each response's own usage to the pod and model it went to.
-    let text = Client::default().metrics(stack.metrics()).await.unwrap();
-    let completion = |pod: &str| {
+    // It credits each response's own usage to the pod and model it went to
+    // (counted as the client reads each response's end: waited for).
+    let credited = |text: &str, pod: &str| {
         metric_value(
-            &text,
+            text,
             "steer_completion_tokens_total",
             &[("model", "m"), ("pod", pod)],
         )
         .unwrap_or(0.0)
     };
+    let metrics = stack.metrics();
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = Client::default().metrics(metrics).await.unwrap();
+        let other = if sse_pod == json_pod {
+            0.0
+        } else {
+            credited(&text, &sse_pod)
+        };
+        if credited(&text, &json_pod) + other == 35.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let completion = |pod: &str| credited(&text, pod);
     if json_pod == sse_pod {
         assert_eq!(completion(&json_pod), 35.0, "{text}");
     } else {

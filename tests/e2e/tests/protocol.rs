@@ -166,13 +166,15 @@ async fn streaming_passes_through_and_usage_is_counted() {
     let text = reply.text();
     assert!(text.trim_end().ends_with("data: [DONE]"));
     let target = reply.header("target-pod").unwrap().to_owned();
-    let metrics = client.metrics(stack.metrics()).await.unwrap();
-    let completion = metric_value(
-        &metrics,
+    let completion = common::metric_reaching(
+        stack.metrics(),
         "steer_completion_tokens_total",
         &[("model", "m"), ("pod", &target)],
-    );
+        20.0,
+    )
+    .await;
     assert_eq!(completion, Some(20.0), "usage from the final SSE chunk");
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     let prompt = metric_value(
         &metrics,
         "steer_prompt_tokens_total",
@@ -191,13 +193,15 @@ async fn streaming_passes_through_and_usage_is_counted() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let metrics = client.metrics(stack.metrics()).await.unwrap();
-    let completion = metric_value(
-        &metrics,
+    let completion = common::metric_reaching(
+        stack.metrics(),
         "steer_completion_tokens_total",
         &[("model", "m"), ("pod", &target)],
-    );
+        23.0,
+    )
+    .await;
     assert_eq!(completion, Some(23.0));
+    let metrics = client.metrics(stack.metrics()).await.unwrap();
     let decisions = metric_value(
         &metrics,
         "steer_decisions_total",

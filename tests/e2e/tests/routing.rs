@@ -464,21 +464,7 @@ async fn two_agent_replicas_agree_on_prefix_rendezvous() {
     let stack = common::stack(&["m", "m", "m", "m"], "prefix-rendezvous").await;
     // A second replica: its own agent and Envoy, the same config and engines.
     let agent = binary_dir("debug").join("steer-agent");
-    let config = stack.config.display().to_string();
-    let args = [
-        "run",
-        "--config",
-        &config,
-        "--ext-proc-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--datapath",
-        "off",
-        "--shutdown-grace-seconds",
-        "0",
-    ]
-    .map(String::from);
+    let args = steer_e2e::standalone_agent_args(&stack.config);
     let replica = Proc::spawn(&agent, &args, "steer-agent listening")
         .await
         .unwrap();

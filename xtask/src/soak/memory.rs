@@ -67,21 +67,7 @@ pub async fn run() -> Result<Memory> {
             endpoints.join(", ")
         ),
     )?;
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &config.display().to_string(),
-        "--ext-proc-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--datapath",
-        "off",
-        "--shutdown-grace-seconds",
-        "0",
-    ]
-    .map(String::from)
-    .into();
+    let args = steer_e2e::standalone_agent_args(&config);
     let agent = Proc::spawn(
         &binary_dir("release").join("steer-agent"),
         &args,
