@@ -67,7 +67,9 @@ pub struct RunArgs {
 
     /// Routing strategy when neither the `routing-strategy` header nor the
     /// model's config names one: random, round-robin, least-request,
-    /// least-kv-cache, prefix-cache, session-affinity.
+    /// least-kv-cache, prefix-cache, session-affinity, least-latency,
+    /// prefix-rendezvous (a `scheduler.profiles` name only in the config
+    /// file's `default_strategy`).
     #[arg(long, value_name = "STRATEGY")]
     pub default_strategy: Option<String>,
 
