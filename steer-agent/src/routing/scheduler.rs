@@ -163,16 +163,26 @@ pub fn score(profile: &Profile, pods: &[PodView], signals: &Signals<'_>, out: &m
     let session_pod = signals.session.map(|h| session_affinity(pods, h));
     for &(scorer, weight) in &profile.scorers {
         let w = f64::from(weight) / f64::from(total.max(1));
+        // Each scorer's range over the pods, once (not once per pod).
+        let value = |p: &PodView| match scorer {
+            Scorer::Queue => Some(f64::from(p.load())),
+            Scorer::TokenLoad => Some(p.tokens_in_flight as f64),
+            // A pod not measured yet (0) rates 1, so it gets traffic and a
+            // measurement.
+            Scorer::Latency => (p.latency_us > 0).then_some(f64::from(p.latency_us)),
+            _ => None,
+        };
+        let range = span(pods.iter().filter_map(value));
         for (i, pod) in pods.iter().enumerate() {
             let rating = match scorer {
-                Scorer::Queue => lower_is_better(pods, i, |p| f64::from(p.load())),
-                Scorer::TokenLoad => lower_is_better(pods, i, |p| p.tokens_in_flight as f64),
+                Scorer::Queue | Scorer::TokenLoad | Scorer::Latency => {
+                    value(pod).map_or(1.0, |v| lower_is_better(v, range))
+                }
                 Scorer::KvCache => 1.0 - f64::from(pod.kv_usage.clamp(0.0, 1.0)),
                 Scorer::Prefix => {
                     let depth = signals.depths.get(i).copied().unwrap_or(0) as f64;
                     (depth / signals.prompt_blocks.max(1) as f64).min(1.0)
                 }
-                Scorer::Latency => latency(pods, i),
                 Scorer::Session => f64::from(u8::from(session_pod == Some(i))),
                 Scorer::Lora => signals.lora.get(i).copied().unwrap_or(0.0),
             };
@@ -181,33 +191,17 @@ pub fn score(profile: &Profile, pods: &[PodView], signals: &Signals<'_>, out: &m
     }
 }
 
-/// (max − v) / (max − min) of `value` over the pods; 1 when all are equal.
-fn lower_is_better(pods: &[PodView], i: usize, value: impl Fn(&PodView) -> f64) -> f64 {
-    let (min, max) = pods
-        .iter()
-        .map(&value)
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if max <= min {
-        return 1.0;
-    }
-    (max - value(&pods[i])) / (max - min)
+/// (min, max) of `values`.
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
-/// Like [`lower_is_better`] over the measured pods; a pod not measured yet
-/// (0) rates 1, so it gets traffic and a measurement.
-fn latency(pods: &[PodView], i: usize) -> f64 {
-    if pods[i].latency_us == 0 {
-        return 1.0;
-    }
-    let measured = pods
-        .iter()
-        .filter(|p| p.latency_us > 0)
-        .map(|p| f64::from(p.latency_us));
-    let (min, max) = measured.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+/// (max − v) / (max − min); 1 when all are equal.
+fn lower_is_better(v: f64, (min, max): (f64, f64)) -> f64 {
     if max <= min {
         return 1.0;
     }
-    (max - f64::from(pods[i].latency_us)) / (max - min)
+    (max - v) / (max - min)
 }
 
 /// The pod `picker` chooses from `scores`; `key` identifies the request
